@@ -1,0 +1,146 @@
+"""The shared ManifoldCLR / SimCLR recipe (spec §4) and its variants, as one ConfigDict.
+
+Dataset configs (`cifar10.py`, `stl10.py`, `tinyimagenet.py`, `spirograph.py`) import this and
+override what their row of the spec §4 table changes. Choose a variant with a config-string argument:
+
+  python -m mclr_jax.main --config=configs/stl10.py:simclr --workdir=/tmp/stl10_simclr
+
+Variants (spec §4 table rows):
+  proj     ManifoldCLR with the MLP projection head (`transop_vi_proj_*`).
+  thresh   ManifoldCLR + projection head + soft threshold λ = 0.01 and best-of-J (J = 20) sampling
+           (`transop_vi-thresh_proj_*`).
+  noproj   ManifoldCLR without projection head: MSE-similarity InfoNCE on backbone features with z0
+           as extra negatives (`transop_vi_*`).
+  simclr   the SimCLR baseline (`simclr_*`); `simclr_noproj` is SimCLR without projection head.
+Any single value can then be overridden, e.g. `--config.batch_size=256 --config.model.width=16`.
+"""
+
+import ml_collections
+
+METHODS = ("simclr", "manifoldclr")
+VARIANTS = ("proj", "thresh", "noproj", "simclr", "simclr_noproj")
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """ManifoldCLR with projection head on CIFAR-10 (`transop_vi_proj_cifar10`), the spec's defaults."""
+  config = ml_collections.ConfigDict()
+  config.method = "manifoldclr"  # "simclr" | "manifoldclr"
+  config.seed = 0
+  config.batch_size = 512  # global batch over all devices and hosts (drop_last)
+  config.num_epochs = 1000
+  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3  # the last N checkpoints are kept
+  config.eval_every_steps = -1  # -1: every `eval.every_epochs` epochs and at the end; 0: never
+  # bf16 compute for backbone and heads; parameters, optimiser state, losses, expm and KL stay float32.
+  config.half_precision = False
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "cifar10"  # cifar10 | stl10 | tinyimagenet | spirograph
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (None: default)
+  config.data.prefetch = 2  # batches moved to the device ahead of the step
+  # SimCLR augmentations (spec §6), identical for every image dataset.
+  config.data.jitter_strength = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+  config.data.jitter_prob = 0.8
+  config.data.grayscale_prob = 0.1
+  config.data.crop_scale = (0.2, 1.0)
+  config.data.crop_ratio = (3 / 4, 4 / 3)
+  config.data.flip_prob = 0.5
+
+  config.model = ml_collections.ConfigDict()
+  config.model.width = 64  # ResNet base channel count: features have 8 * width dims (512)
+  config.model.stem = "cifar"  # "cifar": 3x3 s1, no max-pool; "imagenet64": 3x3 s1 + max-pool
+  config.model.projection = "mlp"  # mlp | linear | none | direct
+  config.model.proj_hidden_dim = 1024
+  config.model.proj_output_dim = 128
+
+  config.manifold = ml_collections.ConfigDict()
+  config.manifold.dictionary_size = 16  # M
+  config.manifold.block_dim = 64  # b; K = feature_dim / b blocks share one coefficient vector
+  config.manifold.init = "stable"  # "stable" (rotation generators, spec §1) | "gaussian"
+  config.manifold.real_range = 1e-4
+  config.manifold.imag_range = 6.0
+  config.manifold.expm = "taylor"  # "taylor" (scaling & squaring, fixed degree) | "pade" (jax.scipy)
+  config.manifold.threshold = 0.0  # λ of the soft threshold (0: plain Laplace sampling)
+  config.manifold.num_samples = 1  # J of best-of-J sampling (1: off)
+  config.manifold.best_of_j_start = 5000  # global step from which best-of-J is used
+  config.manifold.best_of_j_method = "action"  # "action": expm(A)z without forming expm(A)
+  config.manifold.l1_penalty = 0.0  # added to the best-of-J selection error
+  config.manifold.scale_prior = 0.01
+  config.manifold.shift_prior = 0.05
+  config.manifold.prior_warmup_steps = 10000
+  config.manifold.encoder_hidden = (2048, 2048, 512)
+  config.manifold.prior_hidden = (2048, 1024, 512)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.temperature = 0.5
+  config.loss.contrastive = "cosine"  # "cosine": NT-Xent on projections; "mse": MSE InfoNCE
+  config.loss.z0_negatives = False  # mse mode: un-augmented z0 as extra negatives
+  config.loss.transport_weight = 10.0  # w_TO
+  config.loss.kl_weight = 1e-5  # w_KL
+  config.loss.kl_warmup = "none"  # "none" | "exponential" (w·(5e-3)^(1 - min(t, T)/T))
+  config.loss.kl_warmup_steps = 5000
+  config.loss.location_l2_weight = 1e-3  # w_L2 on the posterior locations μ_q (0: off)
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 3e-3  # backbone and projector
+  config.optim.weight_decay = 1e-5  # AdamW, decoupled, on every parameter incl. BN and biases
+  config.optim.min_lr = 1e-5  # cosine end value for backbone and projector
+  config.optim.warmup_epochs = 10  # linear warm-up from 0, stepped per iteration
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.psi_lr = 1e-3
+  config.optim.psi_weight_decay = 1e-3
+  config.optim.psi_min_lr = 1e-6
+  config.optim.psi_clip = 0.1  # global-norm clip on Ψ's gradient (0: none)
+  config.optim.coeff_lr = 1e-4  # posterior and prior networks
+  config.optim.coeff_weight_decay = 1e-5
+  config.optim.coeff_min_lr = 1e-6
+  config.optim.coeff_clip = 1.0
+
+  # Gradient-penalty invariance regulariser (Foster et al. 2021); weight 0 is the baseline.
+  config.invariance = ml_collections.ConfigDict()
+  config.invariance.weight = 0.0  # λ
+  config.invariance.clip = 1.0  # U, applied to the batch mean
+  config.invariance.num_alpha_samples = 100  # L
+  config.invariance.normalize = True  # L2-normalise the representation before the penalty
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_epochs = 100
+  config.eval.linear_epochs = 500
+  config.eval.batch_size = 1000
+  config.eval.knn_k = 5
+  config.eval.max_train_examples = -1  # > 0: subsample the probe-train features (quick checks)
+  config.eval.max_test_examples = -1
+  config.eval.feature_average_copies = 0  # M of test-time feature averaging (0: off)
+  config.eval.probe_l2 = 1e-8  # L2 weight of the Spirograph regression probe (spirograph spec §4)
+  config.eval.semi_supervised_trials = 50
+  config.eval.semi_supervised_steps = 10000
+  return config
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str, *, dataset: str):
+  """Switches `config` to one row family of the spec §4 table, in place; returns it."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown config variant {variant!r}; choose one of {VARIANTS}, e.g. "
+                     f"--config=configs/{dataset}.py:simclr")
+  if variant in ("simclr", "simclr_noproj"):
+    config.method = "simclr"
+    if variant == "simclr_noproj":
+      config.model.projection = "none"
+  elif variant == "noproj":
+    config.model.projection = "none"
+    config.loss.contrastive = "mse"
+    config.loss.z0_negatives = True
+    config.loss.transport_weight = 1.0
+    config.loss.kl_warmup = "exponential"
+    config.loss.location_l2_weight = 0.0
+    config.manifold.prior_warmup_steps = 5000
+  elif variant == "thresh":
+    config.manifold.threshold = 0.01
+    config.manifold.num_samples = 20
+    config.manifold.best_of_j_start = 5000
+    config.loss.kl_weight = 1e-3
+  return config

@@ -1,0 +1,58 @@
+"""The projection head g applied to backbone features before the contrastive loss (spec §5)."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mclr_jax.models.linear import Linear
+from mclr_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
+
+HEAD_KINDS = ("mlp", "linear", "none", "direct")
+
+# spec §5 "Direct": the identity followed by keeping the first 64 feature dimensions.
+DIRECT_DIM = 64
+
+
+class ProjectionHead(nn.Module):
+  """Projection head g of SimCLR / ManifoldCLR (spec §5).
+
+  Kinds:
+    "mlp": Linear(→hidden_dim) → BatchNorm1d → ReLU → Linear(→output_dim), no final BN (the paper's
+      "MLP/SimCLR" projector, 512 → 1024 → 128).
+    "linear": Linear(→output_dim) without bias.
+    "none": the identity.
+    "direct": the identity, then the first 64 dimensions.
+
+  All Linear layers use PyTorch's default init (spec §5). `__call__(h (B, D), train)` -> (B, out)
+  float32, out = output_dim, D or 64. In train mode the MLP's BN uses batch statistics and updates
+  `batch_stats` (pass `mutable=["batch_stats"]`); in eval mode it uses the running statistics.
+  """
+  kind: str = "mlp"
+  hidden_dim: int = 1024
+  output_dim: int = 128
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h, train: bool):
+    if self.kind == "mlp":
+      y = Linear(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden")(h)
+      # spec §5: BatchNorm1d(hidden) with PyTorch momentum 0.1 / eps 1e-5; statistics in float32.
+      y = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                       dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(y)
+      y = nn.relu(y)
+      y = Linear(self.output_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="output")(y)
+    elif self.kind == "linear":
+      y = Linear(self.output_dim, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="output")(h)
+    elif self.kind == "none":
+      y = h
+    elif self.kind == "direct":
+      if h.shape[-1] < DIRECT_DIM:
+        raise ValueError(f"ProjectionHead kind='direct' keeps the first {DIRECT_DIM} dims but the "
+                         f"features have only {h.shape[-1]}; use kind='none' or wider features.")
+      y = h[..., :DIRECT_DIM]
+    else:
+      raise ValueError(f"ProjectionHead kind={self.kind!r} is unknown; use one of {HEAD_KINDS}.")
+    return y.astype(jnp.float32)

@@ -1,0 +1,40 @@
+"""Building the networks, optimiser and initial TrainState from a config."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mclr_jax.train import objective
+from mclr_jax.train import optimizer as optimizer_lib
+from mclr_jax.train.state import TrainState
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """`num_train_steps` when > 0, else `num_epochs` × steps per epoch."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(config.num_epochs * steps_per_epoch)
+
+
+def create_train_state(config, key, steps_per_epoch: int):
+  """Returns (networks, state, tx, schedules) with freshly initialised parameters."""
+  networks = objective.build_networks(config)
+  tx, schedules = optimizer_lib.make_optimizer(config.optim, steps_per_epoch,
+                                               total_train_steps(config, steps_per_epoch))
+  params, batch_stats = objective.init_variables(networks, config, key)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params))
+  return networks, state, tx, schedules
+
+
+def abstract_train_state(config, steps_per_epoch: int):
+  """(networks, the TrainState's shapes and dtypes) without computing anything."""
+  holder = {}
+
+  def build(key):
+    networks, state, _, _ = create_train_state(config, key, steps_per_epoch)
+    holder["networks"] = networks
+    return state
+
+  abstract = jax.eval_shape(build, jax.random.key(0))
+  return holder["networks"], abstract

@@ -1,0 +1,191 @@
+"""The training objectives as one pure function of (params, batch_stats, batch, rng, step).
+
+SimCLR: NT-Xent(ĝ(z0), ĝ(z1)) with the projector run on concat[z0; z1] (spec §3).
+ManifoldCLR (spec §0):
+  z0, z1 = f(x0), f(x1)                            backbone run per view (own BN statistics, §9.8)
+  (μ_q, b_q) = q(sg z0, sg z1); (μ_p, b_p) = p(sg z0, step)
+  c ~ q (soft threshold + straight-through; best-of-J from `best_of_j_start`)
+  ẑ1 = T(c) z0;  z0_aug = T(c0) z0 with c0 ~ p     z0 is not detached (the backbone learns from both)
+  loss = contrastive(g(z0_aug), g(z1)) + w_TO·MSE(ẑ1, sg z1) + w_KL(t)·KL(q‖p) + w_L2·‖μ_q‖²
+Either method can add λ·P, the gradient-penalty invariance regulariser on view 0 (Foster et al. §2).
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mclr_jax import losses
+from mclr_jax import manifold
+from mclr_jax.data.datasets import get_dataset_info
+from mclr_jax.invariance import penalty as invariance_penalty
+from mclr_jax.models import ProjectionHead, ResNet18
+from mclr_jax.train import views as views_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The module definitions (no parameters): backbone f, projector g, posterior q and prior p."""
+  backbone: nn.Module
+  projector: nn.Module
+  coeff_encoder: Optional[nn.Module]
+  prior: Optional[nn.Module]
+
+
+def compute_dtype(config):
+  return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def feature_dim(config) -> int:
+  """Backbone output width: 8 × the ResNet base width (512 at full size)."""
+  return 8 * config.model.width
+
+
+def image_size(config) -> int:
+  return 32 if config.data.name == "spirograph" else get_dataset_info(config.data.name).image_size
+
+
+def build_networks(config: ml_collections.ConfigDict) -> Networks:
+  dtype = compute_dtype(config)
+  backbone = ResNet18(width=config.model.width, stem=config.model.stem, dtype=dtype)
+  projector = ProjectionHead(kind=config.model.projection, hidden_dim=config.model.proj_hidden_dim,
+                             output_dim=config.model.proj_output_dim, dtype=dtype)
+  if config.method != "manifoldclr":
+    return Networks(backbone, projector, None, None)
+  m = config.manifold
+  # The coefficient networks stay in float32: their outputs parameterise the expm (spec §1).
+  encoder = manifold.CoefficientEncoder(num_operators=m.dictionary_size,
+                                        hidden_dims=tuple(m.encoder_hidden),
+                                        scale_prior=m.scale_prior, shift_prior=m.shift_prior)
+  prior = manifold.CoefficientPrior(num_operators=m.dictionary_size, hidden_dims=tuple(m.prior_hidden),
+                                    scale_prior=m.scale_prior, shift_prior=m.shift_prior,
+                                    warmup_steps=m.prior_warmup_steps)
+  return Networks(backbone, projector, encoder, prior)
+
+
+def init_variables(networks: Networks, config, key) -> tuple[dict, dict]:
+  """Initial (params, batch_stats) for a (2, S, S, 3) dummy input."""
+  k_bb, k_proj, k_psi, k_enc, k_prior = jax.random.split(key, 5)
+  size = image_size(config)
+  x = jnp.zeros((2, size, size, 3), jnp.float32)
+  bb = networks.backbone.init(k_bb, x, train=False)
+  z = jnp.zeros((2, feature_dim(config)), jnp.float32)
+  proj = networks.projector.init(k_proj, z, train=False)
+  params = {"backbone": bb["params"], "projector": proj.get("params", {})}
+  batch_stats = {"backbone": bb["batch_stats"], "projector": proj.get("batch_stats", {})}
+  if networks.coeff_encoder is not None:
+    m = config.manifold
+    params["psi"] = manifold.init_operators(k_psi, m.dictionary_size, feature_dim(config),
+                                            m.block_dim, kind=m.init, real_range=m.real_range,
+                                            imag_range=m.imag_range)
+    params["coeff_encoder"] = networks.coeff_encoder.init(k_enc, z, z)["params"]
+    params["prior"] = networks.prior.init(k_prior, z, jnp.zeros((), jnp.int32))["params"]
+  return params, batch_stats
+
+
+def kl_weight(loss_config, step):
+  """w_KL(t): constant, or w·(5e-3)^(1 − min(t, T)/T) for the "exponential" warm-up (spec §3)."""
+  if loss_config.kl_warmup == "exponential":
+    frac = jnp.minimum(step, loss_config.kl_warmup_steps) / loss_config.kl_warmup_steps
+    return loss_config.kl_weight * jnp.power(5e-3, 1.0 - frac)
+  return loss_config.kl_weight
+
+
+class _BatchNormThread:
+  """Applies BN-carrying modules in sequence, threading the running statistics through each call
+  (the reference updates them once per forward: per view, and twice in the projector, §9.7)."""
+
+  def __init__(self, networks: Networks, params, batch_stats):
+    self.networks, self.params, self.stats = networks, params, dict(batch_stats)
+
+  def __call__(self, name: str, x):
+    module = getattr(self.networks, name)
+    out, updates = module.apply({"params": self.params[name], "batch_stats": self.stats[name]},
+                                x, train=True, mutable=["batch_stats"])
+    self.stats[name] = updates.get("batch_stats", self.stats[name])
+    return out
+
+
+def compute_loss(params, batch_stats, batch, rng, step, *, networks: Networks, config
+                 ) -> tuple[jax.Array, tuple[dict, Any]]:
+  """The total loss and (metrics, new batch_stats) for one global batch; pure and jittable."""
+  k_views, k_pen, k_alpha, k_q, k_p, k_j = jax.random.split(rng, 6)
+  inv = config.invariance
+  use_penalty = inv.weight > 0
+  views = views_lib.make_views(k_views, batch, config, differentiable=use_penalty)
+  run = _BatchNormThread(networks, params, batch_stats)
+  metrics = {}
+
+  if use_penalty:
+    def features_fn(alpha):
+      thread = _BatchNormThread(networks, params, batch_stats)
+      return thread("backbone", views.view0_fn(alpha)), thread.stats["backbone"]
+    alpha_prime = views.sample_alpha(k_alpha, (inv.num_alpha_samples,) + views.alpha0.shape[:1])
+    pen, z0, stats0 = invariance_penalty.gradient_penalty(
+        features_fn, views.alpha0, alpha_prime, k_pen, clip=inv.clip, normalize=inv.normalize)
+    run.stats["backbone"] = stats0
+    metrics["penalty"] = pen
+  else:
+    z0 = run("backbone", views.view0_fn(views.alpha0))
+  z1 = run("backbone", views.x1)
+  batch_size = z0.shape[0]
+  tau = config.loss.temperature
+
+  if config.method == "simclr":
+    p = run("projector", jnp.concatenate([z0, z1]))
+    contrastive = _contrastive(p[:batch_size], p[batch_size:], p[:batch_size], config)
+    loss = contrastive
+  else:
+    m = config.manifold
+    psi = params["psi"]
+    mu_q, log_scale_q = networks.coeff_encoder.apply({"params": params["coeff_encoder"]}, z0, z1)
+    mu_p, log_scale_p = networks.prior.apply({"params": params["prior"]}, z0, step)
+    noise = jax.random.uniform(k_q, (max(m.num_samples, 1),) + mu_q.shape, minval=-0.5, maxval=0.5)
+    u = noise[0]
+    if m.num_samples > 1:
+      best = lambda: manifold.select_best_of_j(psi, noise, mu_q, log_scale_q, z0, z1, m.threshold,
+                                               l1_penalty=m.l1_penalty, method=m.best_of_j_method)[0]
+      u = jax.lax.cond(step >= m.best_of_j_start, best, lambda: noise[0])
+    coeffs = manifold.laplace_sample(u, mu_q, log_scale_q, m.threshold)
+    z1_hat = manifold.transport(psi, coeffs, z0, method=m.expm)
+    coeffs_aug = manifold.sample_coefficients(k_p, mu_p, log_scale_p, m.threshold)
+    z0_aug = manifold.transport(psi, coeffs_aug, z0, method=m.expm)
+
+    if config.model.projection == "none":
+      contrastive = _contrastive(z0_aug, z1, z0, config)
+    else:
+      p01 = run("projector", jnp.concatenate([z0, z1]))
+      p_aug = run("projector", z0_aug)
+      contrastive = _contrastive(p_aug, p01[batch_size:], p01[:batch_size], config)
+    lc = config.loss
+    transport_term = losses.transport_mse(z1_hat, z1)
+    kl_term = jnp.mean(manifold.laplace_kl(mu_q, log_scale_q, mu_p, log_scale_p))
+    l2_term = losses.location_l2(mu_q)
+    loss = (contrastive + lc.transport_weight * transport_term + kl_weight(lc, step) * kl_term
+            + lc.location_l2_weight * l2_term)
+    metrics.update(
+        transport=transport_term, kl=kl_term, location_l2=l2_term,
+        # Diagnostics: relative transport error, sparsity and size of the sampled coefficients.
+        transport_rel_error=jnp.sum((z1_hat - z1) ** 2) / (jnp.sum(z1 ** 2) + 1e-12),
+        baseline_rel_error=jnp.sum((z0 - z1) ** 2) / (jnp.sum(z1 ** 2) + 1e-12),
+        coeff_abs_mean=jnp.mean(jnp.abs(coeffs)),
+        coeff_zero_fraction=jnp.mean(coeffs == 0),
+        prior_scale_mean=jnp.mean(jnp.exp(log_scale_p)),
+        psi_norm=jnp.sqrt(jnp.sum(psi ** 2)))
+
+  if use_penalty:
+    loss = loss + inv.weight * metrics["penalty"]
+  metrics.update(loss=loss, contrastive=contrastive,
+                 feature_norm=jnp.mean(jnp.linalg.norm(z0, axis=-1)))
+  return loss, (metrics, run.stats)
+
+
+def _contrastive(a, b, negatives, config):
+  """NT-Xent on L2-normalised embeddings, or the MSE InfoNCE with optional z0 negatives (spec §3)."""
+  if config.loss.contrastive == "mse":
+    extra = negatives if config.loss.z0_negatives else None
+    return losses.mse_info_nce(a, b, config.loss.temperature, negatives=extra)
+  return losses.nt_xent(losses.l2_normalize(a), losses.l2_normalize(b), config.loss.temperature)

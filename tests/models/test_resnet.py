@@ -1,0 +1,192 @@
+"""Tests for the ResNet backbone (spec §5): sizes by eval_shape, BatchNorm behaviour on a tiny model."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from mclr_jax.models import ResNet, ResNet18
+from mclr_jax.models import resnet as resnet_lib
+
+# Tiny model for real forward passes: width 4 on 8×8 images, batch 4 (one compile per mode).
+WIDTH, SIZE, BATCH = 4, 8, 4
+
+
+def _init_key(seed):
+  # The "rbg" generator compiles in a fraction of threefry's time on CPU (≈3 s vs ≈15 s for this
+  # init); the initial values' distribution, which is all the tests check, is the same.
+  return jax.random.key(seed, impl="rbg")
+
+
+def _count(tree):
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _resnet18_counts(width, stem_kernel, num_classes=0):
+  """(trainable params, BN channels) of torchvision's resnet18, counted layer by layer."""
+  conv = lambda k, c_in, c_out: k * k * c_in * c_out
+  params = conv(stem_kernel, 3, width) + 2 * width  # stem conv + BN (γ, β)
+  bn_channels = width
+  c_in = width
+  for stage in range(4):
+    c_out = width * 2 ** stage
+    for block in range(2):
+      params += conv(3, c_in, c_out) + conv(3, c_out, c_out) + 2 * (2 * c_out)
+      bn_channels += 2 * c_out
+      if stage > 0 and block == 0:  # stride-2 projection shortcut: 1×1 conv + BN
+        params += conv(1, c_in, c_out) + 2 * c_out
+        bn_channels += c_out
+      c_in = c_out
+  if num_classes:
+    params += c_in * num_classes + num_classes
+  return params, bn_channels
+
+
+def test_hand_count_reproduces_torchvision_resnet18():
+  # torchvision.models.resnet18(): 11,689,512 parameters (7×7 conv1 of 9,408, fc 512·1000 + 1000).
+  assert _resnet18_counts(64, stem_kernel=7, num_classes=1000)[0] == 11_689_512
+
+
+@pytest.mark.parametrize("stem,size", [("cifar", 32), ("imagenet64", 64)])
+def test_full_size_parameter_count(stem, size):
+  variables = jax.eval_shape(lambda: ResNet18(stem=stem).init(
+      jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False))
+  # spec §5: fc removed and conv1 swapped for a 3×3 conv; the max-pool has no parameters.
+  want = 11_689_512 - (512 * 1000 + 1000) - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64
+  assert want == _resnet18_counts(64, stem_kernel=3)[0] == 11_168_832
+  assert _count(variables["params"]) == want
+  # BatchNorm running mean and variance: two per BN channel (4,800 channels in ResNet-18).
+  assert _count(variables["batch_stats"]) == 2 * _resnet18_counts(64, stem_kernel=3)[1] == 9_600
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
+
+
+@pytest.mark.parametrize("stem,size,after_stem", [("cifar", 32, 32), ("imagenet64", 64, 32)])
+def test_full_size_shapes(stem, size, after_stem):
+  model = ResNet18(stem=stem)
+  x = jnp.zeros((2, size, size, 3))
+
+  def forward():
+    variables = model.init(jax.random.key(0), x, train=False)
+    return model.apply(variables, x, train=False, capture_intermediates=True,
+                       mutable=["intermediates"])
+
+  out, state = jax.eval_shape(forward)
+  assert out.shape == (2, 512) and out.dtype == jnp.float32
+  inter = state["intermediates"]
+  # Stage 1 keeps the resolution, so its output shows the spatial size right after the stem.
+  assert inter["stage1_block0"]["__call__"][0].shape == (2, after_stem, after_stem, 64)
+  assert inter["stage4_block1"]["__call__"][0].shape == (2, after_stem // 8, after_stem // 8, 512)
+
+
+def test_rejects_unknown_stem():
+  with pytest.raises(ValueError, match="stem='imagenet'"):
+    jax.eval_shape(lambda: ResNet18(stem="imagenet").init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """Tiny ResNet-18, its variables and jitted train/eval forwards shared by the tests below."""
+  model = ResNet18(width=WIDTH)
+  x = jax.random.normal(jax.random.key(1), (BATCH, SIZE, SIZE, 3))
+  variables = jax.jit(model.init, static_argnames="train")(_init_key(2), x, train=False)
+  train_fn = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+  eval_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  return model, variables, train_fn, eval_fn
+
+
+def _conv3x3_numpy(x, kernel):
+  """Stride-1, pad-1 cross-correlation in float64; x: (B, H, W, C), kernel: (3, 3, C, O)."""
+  x = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, w = x.shape[1] - 2, x.shape[2] - 2
+  kernel = np.asarray(kernel, np.float64)
+  return sum(np.einsum("bhwc,co->bhwo", x[:, i:i + h, j:j + w], kernel[i, j])
+             for i in range(3) for j in range(3))
+
+
+def test_train_mode_updates_running_stats_with_momentum_0_9(tiny):
+  _, variables, train_fn, _ = tiny
+  rng = np.random.default_rng(0)
+  # Start from non-trivial running statistics so the old value's weight is visible.
+  stats = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype),
+                                 variables["batch_stats"])
+  x = rng.normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32)
+  _, updates = train_fn({"params": variables["params"], "batch_stats": stats}, x)
+  stem_out = _conv3x3_numpy(x, variables["params"]["stem_conv"]["kernel"])
+  batch_mean = stem_out.mean(axis=(0, 1, 2))
+  batch_var = stem_out.var(axis=(0, 1, 2))  # biased, as Flax (see resnet.py docstring)
+  old = stats["stem_bn"]
+  new = updates["batch_stats"]["stem_bn"]
+  np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * batch_mean, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * batch_var, rtol=1e-4, atol=1e-5)
+  # Every BN layer was updated, not only the stem's.
+  changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), stats, updates["batch_stats"])
+  assert all(jax.tree_util.tree_leaves(changed))
+
+
+def test_eval_mode_features_do_not_depend_on_batch_composition(tiny):
+  _, variables, train_fn, eval_fn = tiny
+  x = jax.random.normal(jax.random.key(3), (2 * BATCH, SIZE, SIZE, 3))
+  # Non-trivial running statistics from one train-mode step.
+  _, updates = train_fn(variables, x[:BATCH])
+  variables = {"params": variables["params"], **updates}
+  first = x[:BATCH]
+  # Example 0 and 2 again, at other positions, among other examples.
+  second = jnp.stack([x[5], x[0], x[6], x[2]])
+  f1, f2 = eval_fn(variables, first), eval_fn(variables, second)
+  assert f1.shape == (BATCH, 8 * WIDTH) and f1.dtype == jnp.float32
+  np.testing.assert_allclose(f2[1], f1[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(f2[3], f1[2], rtol=1e-5, atol=1e-6)
+  # Contrast: train mode normalises with batch statistics, so the same example's features change.
+  t1, _ = train_fn(variables, first)
+  t2, _ = train_fn(variables, second)
+  assert np.max(np.abs(np.asarray(t2[1]) - np.asarray(t1[0]))) > 1e-3
+
+
+def test_bfloat16_model_gives_float32_features_close_to_float32(tiny):
+  _, variables, _, eval_fn = tiny
+  x = jax.random.normal(jax.random.key(4), (BATCH, SIZE, SIZE, 3))
+  bf16 = ResNet18(width=WIDTH, dtype=jnp.bfloat16)
+  got = jax.jit(lambda v, x: bf16.apply(v, x, train=False))(variables, x)
+  want = eval_fn(variables, x)
+  assert got.dtype == jnp.float32
+  rel = np.linalg.norm(np.asarray(got) - np.asarray(want)) / np.linalg.norm(np.asarray(want))
+  assert rel < 3e-2, rel
+  # Parameter and statistics dtypes do not follow the compute dtype.
+  shapes = jax.eval_shape(lambda: bf16.init(jax.random.key(0), x, train=False))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
+
+
+def test_initialisation_statistics(tiny):
+  _, variables, _, _ = tiny
+  params = variables["params"]
+  # spec §5: the fresh stem conv keeps PyTorch's default U(±1/sqrt(fan_in)), fan_in = 3·3·3.
+  stem = np.asarray(params["stem_conv"]["kernel"])
+  assert np.max(np.abs(stem)) <= 1 / math.sqrt(27)
+  big = np.asarray(resnet_lib.stem_kernel(_init_key(5), (3, 3, 3, 4096)))
+  assert np.max(np.abs(big)) <= 1 / math.sqrt(27)
+  np.testing.assert_allclose(big.var(), 1 / (3 * 27), rtol=0.03)
+  # Other convs: torchvision's kaiming normal, fan_out = 3·3·C_out, std sqrt(2 / fan_out).
+  c = 8 * WIDTH
+  stage4 = np.concatenate([np.ravel(params["stage4_block0"]["conv2"]["kernel"]),
+                           np.ravel(params["stage4_block1"]["conv1"]["kernel"]),
+                           np.ravel(params["stage4_block1"]["conv2"]["kernel"])])
+  np.testing.assert_allclose(stage4.var(), 2 / (9 * c), rtol=0.05)
+  assert abs(stage4.mean()) < 4 * math.sqrt(2 / (9 * c) / stage4.size)
+  # BN γ = 1, β = 0 everywhere, including each block's last BN (no zero-init residual).
+  flat = traverse_util.flatten_dict(params, sep="/")
+  scales = [k for k in flat if k.endswith("scale")]
+  assert len(scales) == 20  # 1 stem + 16 in blocks + 3 shortcuts
+  for key in scales:
+    np.testing.assert_array_equal(flat[key], 1.0, err_msg=key)
+    np.testing.assert_array_equal(flat[key[:-len("scale")] + "bias"], 0.0, err_msg=key)
+
+
+def test_generic_stage_sizes_output_width():
+  model = ResNet(stage_sizes=(1, 1), width=4)
+  out = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((3, 8, 8, 3)), train=False)[0])
+  assert out.shape == (3, 8)
