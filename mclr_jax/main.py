@@ -35,7 +35,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.distributed:
     jax.distributed.initialize()
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_logger().addFilter(_QuietLibraries())
   config = FLAGS.config
   logging.info("JAX %s on %s; process %d of %d.", jax.__version__, jax.devices(),
                jax.process_index(), jax.process_count())

@@ -26,7 +26,6 @@ from mclr_jax.evaluate import knn
 from mclr_jax.evaluate import linear_probe
 from mclr_jax.evaluate import regression
 from mclr_jax.train import checkpoint
-from mclr_jax.train import create
 from mclr_jax.train import objective
 from mclr_jax.train.data import load_image_split, spirograph_split
 from mclr_jax.train.views import spirograph_ranges
