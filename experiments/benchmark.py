@@ -356,7 +356,7 @@ def format_table(rows: list) -> str:
   """A fixed-width text table of the rows (what the benchmark prints)."""
   header = ("case", "dev", "prec", "batch", "median_ms", "p10_ms", "p90_ms", "img/s", "compile_s",
             "peak_GiB", "mfu", "input/step")
-  lines = ["  ".join(f"{h:>10}" if i else f"{h:<24}" for i, h in enumerate(header))]
+  lines = ["  ".join(f"{h:>10}" if i else f"{h:<30}" for i, h in enumerate(header))]
   for r in rows:
     name = r["case"] + ("/" + "x".join(map(str, r["shape"][:3])) if "shape" in r else "")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
@@ -365,9 +365,9 @@ def format_table(rows: list) -> str:
              fmt(r["images_per_sec"], ".0f"), fmt(r["compile_s"], ".2f"),
              fmt(None if r["peak_bytes"] is None else r["peak_bytes"] / 2**30, ".2f"),
              fmt(r["mfu"], ".3f"), fmt(r["input_bound_ratio"], ".3f"))
-    lines.append("  ".join(f"{c:>10}" if i else f"{c:<24}" for i, c in enumerate(cells)))
+    lines.append("  ".join(f"{c:>10}" if i else f"{c:<30}" for i, c in enumerate(cells)))
     for part, ms in (r.get("breakdown_ms") or {}).items():
-      lines.append(f"    {part:<28}{fmt(ms, '10.2f')} ms")
+      lines.append(f"    {part:<28}{fmt(ms, '10.2f'):>10} ms")
   return "\n".join(lines)
 
 
@@ -391,9 +391,14 @@ def parse_args(argv=None):
   parser.add_argument("--expm_shapes", default=None,
                       help="JxBxK list for --case=expm (default 20x512x8,100x512x8; --tiny 3x16x4)")
   parser.add_argument("--expm_block", type=int, default=None, help="n of the n×n blocks (64)")
+  parser.add_argument("--fast_compile", action=argparse.BooleanOptionalAction, default=None,
+                      help="jax_disable_most_optimizations (default: on with --tiny only); "
+                           "timings then do not reflect optimised code")
   args = parser.parse_args(argv)
   if args.tiny and args.steps == parser.get_default("steps"):
     args.steps = 3
+  if args.fast_compile is None:
+    args.fast_compile = args.tiny
   return args
 
 
@@ -428,7 +433,14 @@ def run(args) -> list:
 
 def main(argv=None) -> list:
   args = parse_args(argv)
-  rows = run(args)
+  # XLA's optimisation passes dominate CPU compile time of the tiny step (~100 s per case on two
+  # shared cores); the smoke run checks the plumbing, not the speed of optimised code.
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", args.fast_compile)
+  try:
+    rows = run(args)
+  finally:
+    jax.config.update("jax_disable_most_optimizations", previous)
   pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))
   print(format_table(rows))
   print(f"Wrote {len(rows)} rows to {args.out}")

@@ -88,20 +88,52 @@ def tabulate(rows: list[dict]) -> str:
 
 
 def _restore_model(workdir):
-  try:
-    from mclr_jax.train.checkpoint import restore_model  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise RuntimeError("geometry_sweep needs mclr_jax.train.checkpoint.restore_model(workdir) "
-                       "returning an object with .encode(images) and .project(h); it is not "
-                       f"available yet ({e}).") from e
+  from mclr_jax.train.checkpoint import restore_model  # pylint: disable=import-outside-toplevel
   return restore_model(workdir)
 
 
 def _load_probe_data(workdir, strength, num_points):
-  """(images (N, H, W, C), augment_fn) for the run in `workdir` at strength s: for the lead."""
-  raise NotImplementedError(
-      "geometry_sweep: load the run's held-out images and its strength-s augmentation here "
-      f"(workdir={workdir!r}, strength={strength}, num_points={num_points}).")
+  """(images (N, H, W, 3) preprocessed, augment_fn(key, images)) for the run in `workdir` at
+  augmentation strength s (geometry spec §5).
+
+  Spirograph: held-out θ rendered with nuisance ranges scaled by s around their midpoints
+  (`spirograph.scaled_nuisance_ranges`); augmenting re-renders the same θ with fresh α, so the
+  `images` argument only fixes which rows are meant. Images: the test split, eval-preprocessed; an
+  augmentation is the SimCLR pipeline with colour-jitter strengths scaled by s.
+  """
+  # pylint: disable=import-outside-toplevel
+  from mclr_jax.data import augment, spirograph
+  from mclr_jax.data.datasets import get_dataset_info
+  from mclr_jax.train.checkpoint import read_config
+  from mclr_jax.train.data import load_image_split, spirograph_split
+
+  config = read_config(workdir)
+  data = config.data
+  if data.name == "spirograph":
+    content = tuple(data.content)
+    ranges = spirograph.scaled_nuisance_ranges(strength)
+    theta, _ = spirograph.split_params(jnp.asarray(spirograph_split(data, "test")[:num_points]),
+                                       content)
+
+    def augment_fn(key, images):
+      del images  # the rows are the θ above
+      alpha = spirograph.sample_nuisance(key, (theta.shape[0],), ranges, content)
+      return spirograph.render(spirograph.merge_params(theta, alpha, content),
+                               normalization=data.normalization)
+
+    return augment_fn(jax.random.PRNGKey(0), None), augment_fn
+
+  info = get_dataset_info(data.name)
+  raw, _ = load_image_split(data, info.test_split)
+  raw = jnp.asarray(raw[:num_points])
+  jitter = tuple(strength * v for v in data.jitter_strength)
+
+  def augment_fn(key, images):
+    del images  # views of the same raw test images
+    return augment.simclr_augment(key, raw, out_size=info.image_size, mean=info.mean,
+                                  std=info.std, jitter_strength=jitter)
+
+  return augment.eval_preprocess(raw, info), augment_fn
 
 
 def main(argv=None):

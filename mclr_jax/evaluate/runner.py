@@ -32,9 +32,15 @@ from mclr_jax.train.views import spirograph_ranges
 
 
 def model_from_state(config, state) -> checkpoint.RestoredModel:
-  """A RestoredModel view of a live TrainState (no copy)."""
+  """A RestoredModel of a live TrainState, copied to the first device.
+
+  Evaluation runs on one device: the training mesh's replicated parameters would turn every
+  feature extraction into a redundant multi-device program.
+  """
+  device = jax.devices()[0]
   return checkpoint.RestoredModel(config=config, step=int(jax.device_get(state.step)),
-                                  params=state.params, batch_stats=state.batch_stats,
+                                  params=jax.device_put(state.params, device),
+                                  batch_stats=jax.device_put(state.batch_stats, device),
                                   networks=objective.build_networks(config))
 
 

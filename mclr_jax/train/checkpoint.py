@@ -146,6 +146,10 @@ def restore_model(workdir: str, step: Optional[int] = None,
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train first with "
                             f"python -m mclr_jax.main --config=... --workdir={workdir}")
   networks, abstract_state = create.abstract_train_state(config, steps_per_epoch=1)
+  # Evaluation runs on one device: restore there, not with the training mesh's sharding.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state)
   state = restore_latest(manager, abstract_state, step)
   manager.close()
   return RestoredModel(config=config, step=int(state.step), params=state.params,

@@ -110,49 +110,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                start_step)
 
   collection, merge, accumulated, pending = None, None, None, None
-  with _Preemption() as preemption:
-    for step in range(start_step, total_steps):
-      state, metrics = step_fn(state, next(batches), step_rng)
-      if collection is None:
-        names = [k for k in metrics if not k.startswith("nonfinite/")]
-        collection = metrics_lib.make_collection(names)
-        merge = jax.jit(lambda acc, m: acc.merge(collection.single_from_model_output(
-            **{k: m[k] for k in names})))
-        accumulated = collection.empty()
-      accumulated = merge(accumulated, metrics)
-      # Check the previous step's flags while this one runs: no idle device, exact step named.
-      if pending is not None:
-        _raise_if_nonfinite(*pending)
-      pending = (step, metrics)
-      done = step + 1
-      last = done == total_steps
-      if done % config.log_every_steps == 0 or last:
-        _raise_if_nonfinite(*pending)
-        scalars = metrics_lib.device_get_scalars(accumulated.compute())
-        scalars.update(optimizer_lib.learning_rates(schedules, step, groups))
-        speed = progress.update(done)
-        scalars.update(epoch=done / steps_per_epoch, **speed)
-        if is_chief:
-          logging.info("%s", metrics_lib.console_line(done, total_steps, scalars, speed))
-          jsonl.write(done, scalars)
-          tensorboard.write(done, scalars)
-        accumulated = collection.empty()
-      if done % config.checkpoint_every_steps == 0 or last or preemption.requested.is_set():
-        _raise_if_nonfinite(*pending)
-        checkpoint.save(manager, state, force=preemption.requested.is_set())
-      if eval_fn is not None and eval_every and (done % eval_every == 0 or last):
-        results = eval_fn(state, done)
-        if is_chief and results:
-          jsonl.write(done, results, kind="eval")
-          tensorboard.write(done, results)
-          logging.info("eval at step %d: %s", done,
-                       ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
-      if preemption.requested.is_set():
-        logging.warning("SIGTERM: saved a checkpoint at step %d; rerun the same command to "
-                        "resume.", done)
-        break
-  manager.wait_until_finished()
-  manager.close()
+  try:
+    with _Preemption() as preemption:
+      for step in range(start_step, total_steps):
+        state, metrics = step_fn(state, next(batches), step_rng)
+        if collection is None:
+          names = [k for k in metrics if not k.startswith("nonfinite/")]
+          collection = metrics_lib.make_collection(names)
+          merge = jax.jit(lambda acc, m: acc.merge(collection.single_from_model_output(
+              **{k: m[k] for k in names})))
+          accumulated = collection.empty()
+        accumulated = merge(accumulated, metrics)
+        # Check the previous step's flags while this one runs: no idle device, exact step named.
+        if pending is not None:
+          _raise_if_nonfinite(*pending)
+        pending = (step, metrics)
+        done = step + 1
+        last = done == total_steps
+        if done % config.log_every_steps == 0 or last:
+          _raise_if_nonfinite(*pending)
+          scalars = metrics_lib.device_get_scalars(accumulated.compute())
+          scalars.update(optimizer_lib.learning_rates(schedules, step, groups))
+          speed = progress.update(done)
+          scalars.update(epoch=done / steps_per_epoch, **speed)
+          if is_chief:
+            logging.info("%s", metrics_lib.console_line(done, total_steps, scalars, speed))
+            jsonl.write(done, scalars)
+            tensorboard.write(done, scalars)
+          accumulated = collection.empty()
+        if done % config.checkpoint_every_steps == 0 or last or preemption.requested.is_set():
+          _raise_if_nonfinite(*pending)
+          checkpoint.save(manager, state, force=preemption.requested.is_set())
+        if eval_fn is not None and eval_every and (done % eval_every == 0 or last):
+          results = eval_fn(state, done)
+          if is_chief and results:
+            jsonl.write(done, results, kind="eval")
+            tensorboard.write(done, results)
+            logging.info("eval at step %d: %s", done,
+                         ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        if preemption.requested.is_set():
+          logging.warning("SIGTERM: saved a checkpoint at step %d; rerun the same command to "
+                          "resume.", done)
+          break
+  finally:
+    # Also when an error leaves the loop: a save still being written finishes, so the last
+    # checkpoint on disk is complete (the NaN stop promises that); and the prefetch thread stops.
+    batches.close()
+    manager.wait_until_finished()
+    manager.close()
   if tensorboard is not None:
     tensorboard.flush()
   return state

@@ -90,7 +90,8 @@ def format_duration(seconds: float) -> str:
 
 def console_line(step: int, total: int, scalars: Mapping[str, float], speed: Optional[dict]) -> str:
   """`[  120/ 1000] loss 5.123 contrastive 5.0 ... | 812 img/s | ETA 0:03:12`."""
-  keys = [k for k in scalars if not k.startswith(("nonfinite/", "lr/"))]
+  speed_keys = ("steps_per_sec", "images_per_sec", "eta_sec")
+  keys = [k for k in scalars if not k.startswith(("nonfinite/", "lr/")) and k not in speed_keys]
   body = " ".join(f"{k} {float(scalars[k]):.4g}" for k in keys)
   lrs = " ".join(f"{k[3:]} {float(v):.2e}" for k, v in scalars.items() if k.startswith("lr/"))
   width = len(str(total))

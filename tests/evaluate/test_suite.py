@@ -84,6 +84,7 @@ def test_run_suite_writes_figures_and_probe(model, tmp_path):
   json.dumps(results)  # serialisable as it stands
 
 
+
 def test_cli_writes_eval_json_and_metrics(workdir):
   evaluate_cli.main(["prog", f"--workdir={workdir}", "--suite=probe,knn,figures"])
   with open(f"{workdir}/eval.json") as f:
