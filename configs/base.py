@@ -87,7 +87,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.lr = 3e-3  # backbone and projector
   config.optim.weight_decay = 1e-5  # AdamW, decoupled, on every parameter incl. BN and biases
   config.optim.min_lr = 1e-5  # cosine end value for backbone and projector
-  config.optim.warmup_epochs = 10  # linear warm-up from 0, stepped per iteration
+  config.optim.warmup_epochs = 10.0  # linear warm-up from 0, stepped per iteration
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.eps = 1e-8
