@@ -21,3 +21,14 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="module")
+def fast_cpu_compiles():
+  """XLA's optimisations off for one test module: CPU compiles of the ResNet train step dominate the
+  training tests, and unoptimised programs compute the same values to float tolerance."""
+  import jax  # after XLA_FLAGS is set above
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -32,7 +32,7 @@ def make_train_step(networks: objective.Networks, config, tx: optax.GradientTran
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = {f"nonfinite/{t}": ~jnp.isfinite(metrics[t]) for t in CHECKED_TERMS if t in metrics}
     finite["nonfinite/gradient"] = ~jnp.isfinite(grad_norm)
     if "psi" in params:

@@ -23,13 +23,8 @@ from mclr_jax.train import loop
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  # CPU compiles dominate these tests; the optimisations do not change what is being checked.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# CPU compile time dominates these tests; unoptimised compiles check the same properties.
+pytestmark = pytest.mark.usefixtures("fast_cpu_compiles")
 
 
 def _tiny_manifold(config):
@@ -47,7 +42,7 @@ def _tiny_manifold(config):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, fast_compiles):
+def workdir(tmp_path_factory, fast_cpu_compiles):
   config = _tiny_manifold(spirograph_config.get_config("manifoldclr"))
   config.batch_size = 16
   config.num_train_steps = 2

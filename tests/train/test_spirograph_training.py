@@ -18,12 +18,8 @@ from mclr_jax.evaluate import runner
 from mclr_jax.train import loop
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu_compiles():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# CPU compile time dominates these tests; unoptimised compiles check the same properties.
+pytestmark = pytest.mark.usefixtures("fast_cpu_compiles")
 
 
 def _small_config(variant="cpu", steps=64):
