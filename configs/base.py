@@ -34,7 +34,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3  # the last N checkpoints are kept
   config.eval_every_steps = -1  # -1: every `eval.every_epochs` epochs and at the end; 0: never
   # bf16 compute for backbone and heads; parameters, optimiser state, losses, expm and KL stay float32.
-  config.half_precision = False
+  # None ("auto"): bf16 on GPU/TPU, float32 on CPU; True/False force it (--config.half_precision=False).
+  config.half_precision = ml_collections.config_dict.placeholder(bool)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "cifar10"  # cifar10 | stl10 | tinyimagenet | spirograph
@@ -66,6 +67,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.manifold.num_samples = 1  # J of best-of-J sampling (1: off)
   config.manifold.best_of_j_start = 5000  # global step from which best-of-J is used
   config.manifold.best_of_j_method = "action"  # "action": expm(A)z without forming expm(A)
+  config.manifold.best_of_j_dtype = "float32"  # "bfloat16": generators read in bf16 ("action" only)
   config.manifold.l1_penalty = 0.0  # added to the best-of-J selection error
   config.manifold.scale_prior = 0.01
   config.manifold.shift_prior = 0.05

@@ -15,6 +15,7 @@ performance.md explains every number and gives the reference figures.
 """
 
 import argparse
+import ast
 import dataclasses
 import importlib
 import json
@@ -98,6 +99,26 @@ def load_config(case: Case, *, tiny: bool, half_precision: bool, batch_size: int
     if case.num_samples is not None:
       config.manifold.num_samples = TINY["num_samples"]
   return config
+
+
+def apply_overrides(config, overrides) -> None:
+  """Applies ["key.path=value", ...] to `config` in place; values are Python literals or strings."""
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set expects KEY=VALUE, e.g. --set=manifold.best_of_j_dtype=bfloat16; "
+                       f"got {item!r}")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    if last not in node:
+      raise ValueError(f"--set {item!r}: the config has no key {key!r}")
+    node[last] = value
 
 
 def source_size(config, tiny: bool) -> int:
@@ -253,7 +274,8 @@ def manifold_breakdown(networks, params, batch_stats, config, mesh, warmup: int,
   coeff_nets_fwd_bwd: posterior encoder q(z0, z1) + prior p(z0), forward + backward.
   transport_fwd_bwd_{taylor,pade}: one T(c) z at (B, K, b, b), forward + backward in Ψ, c and z
     (the step runs two: ẑ1 and the augmentation z0_aug).
-  best_of_j_{action,taylor}: the best-of-J selection at (J, B, K, b, b) (None when J = 1).
+  best_of_j_{action,action_bf16,taylor}: the best-of-J selection at (J, B, K, b, b) (None when
+    J = 1); action_bf16 reads the generators in bf16 (config.manifold.best_of_j_dtype).
   """
   batch = NamedSharding(mesh, P("data"))
   m = config.manifold
@@ -293,25 +315,27 @@ def manifold_breakdown(networks, params, batch_stats, config, mesh, warmup: int,
     out[f"transport_fwd_bwd_{method}"] = _median_ms(
         jax.grad(transport_loss, argnums=(0, 1, 2)), (params["psi"], coeffs, z0), warmup, steps)
 
-  for method in ("action", "taylor"):
+  for name, method, dtype in (("action", "action", None), ("action_bf16", "action", jnp.bfloat16),
+                              ("taylor", "taylor", None)):
     if m.num_samples <= 1:
-      out[f"best_of_j_{method}"] = None
+      out[f"best_of_j_{name}"] = None
       continue
     noise = jax.random.uniform(keys[5], (m.num_samples,) + coeffs.shape, minval=-0.5, maxval=0.5)
     log_scale = jnp.full_like(coeffs, math.log(m.scale_prior))
 
-    def select(psi, u, mu, log_b, z0, z1, method=method):
+    def select(psi, u, mu, log_b, z0, z1, method=method, dtype=dtype):
       return manifold.select_best_of_j(psi, u, mu, log_b, z0, z1, m.threshold,
-                                       l1_penalty=m.l1_penalty, method=method)
+                                       l1_penalty=m.l1_penalty, method=method, compute_dtype=dtype)
 
-    out[f"best_of_j_{method}"] = _median_ms(select, (params["psi"], noise, coeffs, log_scale, z0,
-                                                     z1), warmup, steps)
+    out[f"best_of_j_{name}"] = _median_ms(select, (params["psi"], noise, coeffs, log_scale, z0,
+                                                   z1), warmup, steps)
   return out
 
 
 def benchmark_expm(shapes: list, block_dim: int, warmup: int, steps: int) -> list:
   """Rows for exp(A) on (J, B, K, n, n) generators: jax.scipy (Padé), our Taylor, and exp(A) v by
-  `expm_action` in float32 and bfloat16 (v: (B, K, n), broadcast over J as in best-of-J)."""
+  `expm_action` with A in float32 and in bfloat16 (v: (B, K, n) float32, broadcast over J as in
+  best-of-J; the action keeps vectors and sums in float32 either way)."""
   device = jax.devices()[0]
   rows = []
   for j, b, k in shapes:
@@ -325,7 +349,7 @@ def benchmark_expm(shapes: list, block_dim: int, warmup: int, steps: int) -> lis
         ("taylor_expm", "fp32", lambda x: manifold.expm(x, method="taylor"), (a,)),
         ("expm_action", "fp32", manifold.expm_action, (a, v)),
         ("expm_action", "bf16", manifold.expm_action,
-         (a.astype(jnp.bfloat16), v.astype(jnp.bfloat16))),
+         (a.astype(jnp.bfloat16), v)),
     ]
     for method, precision, fn, args in variants:
       compiled, lower_s, compile_s = _compile(jax.jit(fn), *args)
@@ -391,6 +415,9 @@ def parse_args(argv=None):
   parser.add_argument("--expm_shapes", default=None,
                       help="JxBxK list for --case=expm (default 20x512x8,100x512x8; --tiny 3x16x4)")
   parser.add_argument("--expm_block", type=int, default=None, help="n of the n×n blocks (64)")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override for every training case, repeatable, e.g. "
+                           "--set=manifold.best_of_j_dtype=bfloat16")
   parser.add_argument("--fast_compile", action=argparse.BooleanOptionalAction, default=None,
                       help="jax_disable_most_optimizations (default: on with --tiny only); "
                            "timings then do not reflect optimised code")
@@ -422,6 +449,7 @@ def run(args) -> list:
     for precision in precisions:
       config = load_config(CASES[name], tiny=args.tiny, half_precision=precision == "bf16",
                            batch_size=args.batch_size)
+      apply_overrides(config, args.set)
       for num_devices in device_counts:
         rows.append(benchmark_train_step(
             name, config, tiny=args.tiny, num_devices=num_devices, warmup=args.warmup,

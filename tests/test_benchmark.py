@@ -73,8 +73,8 @@ def test_tiny_configs_are_the_named_cases():
   assert (tiny.batch_size, tiny.model.width, tiny.manifold.block_dim) == (16, 4, 8)
 
 
-@pytest.mark.slow  # one CPU compile of the full train step: ~40 s on 2 cores
 def test_train_step_case_writes_complete_row(tmp_path):
+  # One tiny case end to end (the real step and every breakdown part): about a minute on 2 cores.
   out = tmp_path / "bench.json"
   benchmark.main(["--case=thresh_stl_j20", "--tiny", "--steps=2", "--warmup=1", f"--out={out}"])
   (row,) = json.loads(out.read_text())
@@ -85,4 +85,20 @@ def test_train_step_case_writes_complete_row(tmp_path):
   # Images/s counts both views: 2·B per step.
   assert row["images_per_sec"] == pytest.approx(2 * 16 / (row["median_ms"] / 1e3))
   assert row["mfu"] is None and row["peak_bytes"] is None  # CPU: no peak FLOP/s, no memory stats
+  assert set(row["breakdown_ms"]) == {
+      "backbone_fwd_bwd", "coeff_nets_fwd_bwd", "transport_fwd_bwd_taylor",
+      "transport_fwd_bwd_pade", "best_of_j_action", "best_of_j_action_bf16", "best_of_j_taylor"}
   assert all(_positive_finite(ms) for ms in row["breakdown_ms"].values())
+
+
+def test_set_overrides_typed_values_and_rejects_unknown_keys():
+  config = benchmark.load_config(benchmark.CASES["thresh_stl_j20"], tiny=True,
+                                 half_precision=False, batch_size=512)
+  benchmark.apply_overrides(config, ["manifold.best_of_j_dtype=bfloat16", "manifold.num_samples=7",
+                                     "loss.kl_weight=2e-5"])
+  assert (config.manifold.best_of_j_dtype, config.manifold.num_samples) == ("bfloat16", 7)
+  assert config.loss.kl_weight == 2e-5
+  with pytest.raises(ValueError, match="no key"):
+    benchmark.apply_overrides(config, ["manifold.best_of_j_dtpye=bfloat16"])
+  with pytest.raises(ValueError, match="KEY=VALUE"):
+    benchmark.apply_overrides(config, ["manifold.num_samples"])

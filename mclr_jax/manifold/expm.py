@@ -181,27 +181,35 @@ def expm(a, method="taylor"):
 def expm_action(a, v, num_terms=16, num_steps=None):
   """exp(A) v without forming exp(A): (Σ_{k≤num_terms} (A/s)^k/k!)^s v with s = num_steps.
 
+  Memory-bound at best-of-J sizes: every Taylor term reads all of A once. So A is read as given
+  (the 1/s scaling is applied to the vectors, never written out as a scaled copy of A), and A may be
+  bfloat16 to halve that traffic: the vectors and the sums then stay float32 and each product
+  accumulates in float32 (`preferred_element_type`), so the only bf16 rounding is A's entries and
+  each term's input (relative error ~1e-2, enough to rank best-of-J candidates; see
+  `select_best_of_j`'s `compute_dtype`).
+
   Not differentiable in reverse mode when `num_steps` is None: the step count then comes from the
   data (s = ceil(max ‖A‖₁ / θ) over the whole batch) and the loop is a `lax.while_loop` with a
   traced bound. Its only user, best-of-J selection, runs under stop-gradient.
 
   Args:
-    a: (..., n, n) matrices.
+    a: (..., n, n) matrices (float32, float64, or bfloat16 as above).
     v: (..., n) vectors; leading axes broadcast against a's.
     num_terms: Taylor terms per step.
     num_steps: static number of steps, or None to choose from the norm.
 
   Returns:
-    (..., n) exp(a) v, leading axes broadcast.
+    (..., n) exp(a) v, leading axes broadcast, in v's and a's promoted dtype and at least float32.
   """
   a = jnp.asarray(a)
   v = jnp.asarray(v)
-  dtype = jnp.result_type(a, v)
-  a = a.astype(dtype)
+  vec_dtype = jnp.promote_types(jnp.result_type(a, v), jnp.float32)
+  mat_dtype = a.dtype if a.dtype == jnp.bfloat16 else vec_dtype
+  a = a.astype(mat_dtype)
   batch = jnp.broadcast_shapes(a.shape[:-2], v.shape[:-1])
-  v = jnp.broadcast_to(v, batch + v.shape[-1:])
+  v = jnp.broadcast_to(v, batch + v.shape[-1:]).astype(vec_dtype)
   if num_steps is None:
-    norm = lax.stop_gradient(jnp.max(one_norm(a)))
+    norm = lax.stop_gradient(jnp.max(one_norm(a).astype(jnp.float32)))
     steps = jnp.ceil(norm / ACTION_THETA)
     # A non-finite norm would loop forever; one step propagates the NaN/Inf instead.
     steps = jnp.where(jnp.isfinite(steps), jnp.maximum(steps, 1.0), 1.0).astype(jnp.int32)
@@ -209,14 +217,18 @@ def expm_action(a, v, num_terms=16, num_steps=None):
     if num_steps < 1:
       raise ValueError(f"num_steps must be >= 1 or None; got num_steps={num_steps}.")
     steps = num_steps
-  a_step = a / jnp.asarray(steps, dtype)
+  inv_steps = 1.0 / jnp.asarray(steps, vec_dtype)
+
+  def matvec(w):
+    return jnp.einsum("...ij,...j->...i", a, w.astype(mat_dtype), precision=_HIGHEST,
+                      preferred_element_type=vec_dtype)
 
   def taylor_step(_, w):
     term = w
     out = w
     for k in range(1, num_terms + 1):
-      term = _matmul(a_step, term[..., None])[..., 0] / k
+      term = matvec(term) * (inv_steps / k)
       out = out + term
     return out
 
-  return lax.fori_loop(0, steps, taylor_step, v.astype(dtype))
+  return lax.fori_loop(0, steps, taylor_step, v)

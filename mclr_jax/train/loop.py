@@ -12,6 +12,7 @@ import threading
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
@@ -19,6 +20,7 @@ from mclr_jax.train import checkpoint
 from mclr_jax.train import create
 from mclr_jax.train import data as data_lib
 from mclr_jax.train import metrics as metrics_lib
+from mclr_jax.train import objective
 from mclr_jax.train import optimizer as optimizer_lib
 from mclr_jax.train.state import TrainState
 from mclr_jax.train.step import make_train_step
@@ -105,9 +107,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   jsonl = metrics_lib.JsonlWriter(f"{workdir}/metrics.jsonl") if is_chief else None
   tensorboard = metrics_lib.TensorBoardWriter(workdir) if is_chief else None
   progress = metrics_lib.Progress(start_step, total_steps, images_per_step=2 * config.batch_size)
-  logging.info("Training %s on %s for %d steps (%d per epoch) on %d device(s), from step %d.",
-               config.method, config.data.name, total_steps, steps_per_epoch, jax.device_count(),
-               start_step)
+  logging.info("Training %s on %s for %d steps (%d per epoch) on %d %s device(s) in %s "
+               "(config.half_precision=%s), from step %d.", config.method, config.data.name,
+               total_steps, steps_per_epoch, jax.device_count(), jax.default_backend(),
+               jnp.dtype(objective.compute_dtype(config)).name, config.half_precision, start_step)
 
   collection, merge, accumulated, pending = None, None, None, None
   try:

@@ -8,6 +8,7 @@ PROJECTIONS = ("mlp", "linear", "none", "direct")
 STEMS = ("cifar", "imagenet64")
 EXPM_METHODS = ("taylor", "pade")
 BEST_OF_J_METHODS = ("action", "taylor", "pade")
+BEST_OF_J_DTYPES = ("float32", "bfloat16")
 CONTRASTIVE = ("cosine", "mse")
 KL_WARMUPS = ("none", "exponential")
 OPERATOR_INITS = ("stable", "gaussian")
@@ -69,6 +70,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1,
     dim = 8 * config.model.width
     _choice("manifold.expm", m.expm, EXPM_METHODS)
     _choice("manifold.best_of_j_method", m.best_of_j_method, BEST_OF_J_METHODS)
+    _choice("manifold.best_of_j_dtype", m.best_of_j_dtype, BEST_OF_J_DTYPES)
+    if m.best_of_j_dtype == "bfloat16" and m.best_of_j_method != "action":
+      raise ConfigError(f"config.manifold.best_of_j_dtype='bfloat16' needs "
+                        f"config.manifold.best_of_j_method='action' (got "
+                        f"{m.best_of_j_method!r}); set --config.manifold.best_of_j_method=action "
+                        f"or --config.manifold.best_of_j_dtype=float32")
     _choice("manifold.init", m.init, OPERATOR_INITS)
     _positive("manifold.dictionary_size", m.dictionary_size)
     _positive("manifold.block_dim", m.block_dim)

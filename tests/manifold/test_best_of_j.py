@@ -81,3 +81,27 @@ def test_best_of_j_blocks_gradients():
   np.testing.assert_array_equal(grads[1], best)
   for g in (grads[0], grads[2], grads[3], grads[4]):
     np.testing.assert_array_equal(g, 0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_bf16_selection_agrees_wherever_the_errors_are_separated(seed):
+  # bf16 generators round A's entries (relative 2^-9), so the selection may only differ between
+  # candidates whose float64 errors are within that rounding of each other.
+  psi, u, mu, log_scale, z0, z1 = _problem(seed)
+  select = jax.jit(select_best_of_j, static_argnames=("method", "compute_dtype"))
+  best, index = select(psi, u, mu, log_scale, z0, z1, 0.0, method="action",
+                       compute_dtype=jnp.bfloat16)
+  chex.assert_shape(best, (BATCH, NUM_OPS))
+  assert best.dtype == u.dtype
+  err = _reference_errors(psi, u, mu, log_scale, z0, z1, 0.0, 0.0)
+  ordered = np.sort(err, axis=0)
+  separated = ordered[1] > 1.1 * ordered[0] + 1e-3 * np.mean(np.square(np.asarray(z1)))
+  assert separated.sum() >= 3  # enough clear-cut examples for the check to mean something
+  np.testing.assert_array_equal(np.asarray(index)[separated], np.argmin(err, axis=0)[separated])
+
+
+def test_bf16_selection_needs_the_action_method():
+  psi, u, mu, log_scale, z0, z1 = _problem(0)
+  with pytest.raises(ValueError, match="action"):
+    select_best_of_j(psi, u, mu, log_scale, z0, z1, 0.0, method="taylor",
+                     compute_dtype=jnp.bfloat16)

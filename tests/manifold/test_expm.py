@@ -141,3 +141,19 @@ def test_expm_action_broadcasts_like_best_of_j():
   chex.assert_shape(out, (2, 3, 2, 4))
   ref = np.einsum("jbkmn,bkn->jbkm", _scipy_expm(a), v)
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_expm_action_with_bf16_matrices_keeps_float32_vectors():
+  # bf16 A halves the memory the action reads; the vectors and sums stay float32, so the error is
+  # that of rounding A's entries (relative 2^-9 ≈ 2e-3, amplified by at most ‖A‖ for the exp).
+  a = _random_matrices(12, (4, 8, 8), [0.3, 1.0, 3.0, 6.0])
+  a = (a - np.swapaxes(a, -1, -2)) / 2  # rotation-like, as the stable-init generators
+  v = np.random.default_rng(13).normal(size=(4, 8))
+  out = expm_action(jnp.asarray(a, jnp.bfloat16), jnp.asarray(v, jnp.float32))
+  assert out.dtype == jnp.float32
+  ref = np.einsum("bmn,bn->bm", _scipy_expm(a), v)
+  rel = np.linalg.norm(np.asarray(out, np.float64) - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
+  norms = np.abs(a).sum(-2).max(-1)
+  np.testing.assert_array_less(rel, 2 ** -8 * (1 + norms))
+  # ...and not float32-accurate (~1e-7): the bf16 path really is in use.
+  assert rel.max() > 1e-5

@@ -1,30 +1,40 @@
-"""Data parallelism: the step on a 4-device "data" mesh equals the step on one device (global
-BatchNorm statistics and the global contrastive loss included)."""
+"""Data parallelism: one ManifoldCLR step on 1, 2, 4 and 8 devices gives the same numbers (global
+BatchNorm statistics, the global contrastive loss and the replicated update included).
 
-import jax
+The comparison runs in a subprocess with eight simulated CPU devices, so the rest of the suite keeps
+its own device count; `python -m tests.train.test_data_parallel OUT.npz` runs that half alone.
+"""
+
+import os
+import subprocess
+import sys
+
 import numpy as np
-import pytest
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from mclr_jax.train import create
-from mclr_jax.train import data as data_lib
-from mclr_jax.train.step import make_train_step
-from tests.train.test_resume import fast_compiles, tiny_spirograph_config  # noqa: F401
+DEVICE_COUNTS = (1, 2, 4, 8)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _run_step(devices, networks, tx, config, state, batch, rng):
-  mesh = Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  step = jax.jit(make_train_step(networks, config, tx), in_shardings=(replicated, sharded, replicated),
-                 out_shardings=(replicated, replicated))
-  new_state, metrics = step(jax.device_put(state, replicated), jax.device_put(batch, sharded),
-                            jax.device_put(rng, replicated))
-  return jax.device_get(new_state), jax.device_get(metrics)
+def _flat(prefix, tree):
+  import jax
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+  return {f"{prefix}{jax.tree_util.keystr(path)}": np.asarray(leaf) for path, leaf in leaves}
 
 
-def test_four_devices_match_one_device(fast_compiles):
-  if jax.device_count() < 4:
-    pytest.skip("needs 4 (simulated) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
+def run_steps(out_path):
+  """Runs one step on a mesh of each size in DEVICE_COUNTS; saves metrics and the new state."""
+  import jax
+  from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+  from mclr_jax.train import create
+  from mclr_jax.train import data as data_lib
+  from mclr_jax.train.step import make_train_step
+  from tests.train.test_resume import tiny_spirograph_config
+
+  if jax.device_count() < max(DEVICE_COUNTS):
+    raise SystemExit(f"needs {max(DEVICE_COUNTS)} devices, has {jax.device_count()}: set "
+                     f"XLA_FLAGS=--xla_force_host_platform_device_count={max(DEVICE_COUNTS)}")
+  jax.config.update("jax_disable_most_optimizations", True)  # CPU compile time; same values
   config = tiny_spirograph_config("manifoldclr")
   config.optim.warmup_epochs = 0  # a non-zero learning rate at step 0, so the update is visible
   # Adam's first step is lr·g/(|g|+eps): with the default eps a near-zero gradient entry gets a
@@ -36,18 +46,47 @@ def test_four_devices_match_one_device(fast_compiles):
                                                      train_data.steps_per_epoch)
   batch = next(train_data.make_iterator(0))
   rng = jax.random.key(1)
+  arrays = _flat("init/", {"params": state.params, "batch_stats": state.batch_stats})
+  for n in DEVICE_COUNTS:
+    mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",), axis_types=(AxisType.Auto,))
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    step = jax.jit(make_train_step(networks, config, tx),
+                   in_shardings=(replicated, sharded, replicated),
+                   out_shardings=(replicated, replicated))
+    new_state, metrics = step(jax.device_put(state, replicated), jax.device_put(batch, sharded),
+                              jax.device_put(rng, replicated))
+    arrays.update(_flat(f"{n}/metrics", metrics))
+    arrays.update(_flat(f"{n}/state", {"params": new_state.params,
+                                       "batch_stats": new_state.batch_stats}))
+  np.savez(out_path, **arrays)
 
-  one_state, one_metrics = _run_step(jax.devices()[:1], networks, tx, config, state, batch, rng)
-  four_state, four_metrics = _run_step(jax.devices()[:4], networks, tx, config, state, batch, rng)
 
-  assert set(one_metrics) == set(four_metrics)
-  for k in one_metrics:
-    np.testing.assert_allclose(four_metrics[k], one_metrics[k], rtol=1e-5, atol=1e-5, err_msg=k)
-  assert not any(v for k, v in one_metrics.items() if k.startswith("nonfinite/"))
-  for tree, atol in (("params", 1e-6), ("batch_stats", 1e-5)):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol),
-                 getattr(four_state, tree), getattr(one_state, tree))
-  # The step did change the params and BatchNorm statistics.
-  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), jax.device_get(state.params),
-                       one_state.params)
-  assert any(jax.tree.leaves(moved))
+def test_one_two_four_eight_devices_agree(tmp_path):
+  out = tmp_path / "steps.npz"
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={max(DEVICE_COUNTS)}")
+  done = subprocess.run([sys.executable, "-m", "tests.train.test_data_parallel", str(out)],
+                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-4000:]
+  arrays = dict(np.load(out))
+
+  def group(prefix):
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+  one = group("1/")
+  assert one and not any(v for k, v in one.items() if "nonfinite/" in k)
+  for n in DEVICE_COUNTS[1:]:
+    other = group(f"{n}/")
+    assert set(other) == set(one)
+    for k, v in one.items():
+      atol = 1e-6 if k.startswith("state['params']") else 1e-5
+      np.testing.assert_allclose(other[k], v, rtol=1e-5, atol=atol, err_msg=f"{n} devices: {k}")
+  # The step did change the parameters and the BatchNorm statistics: the comparison is not vacuous.
+  init = group("init/")
+  for tree in ("params", "batch_stats"):
+    moved = [not np.allclose(one[f"state{k}"], v) for k, v in init.items() if k.startswith(f"['{tree}']")]
+    assert moved and any(moved), tree
+
+
+if __name__ == "__main__":
+  run_steps(sys.argv[1])

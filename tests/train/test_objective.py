@@ -213,3 +213,25 @@ def test_image_colour_jitter_penalty_is_finite_and_differentiable():
   assert np.isfinite(float(value)) and 0.0 < float(value) <= 1000.0
   chex.assert_tree_all_finite(grad)
   assert np.abs(np.asarray(grad)).max() > 0
+
+
+def test_half_precision_auto_is_bf16_on_accelerators_only(monkeypatch):
+  config = spirograph_config.get_config("cpu")
+  assert config.half_precision is None  # the default is "auto"
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert objective.compute_dtype(config) == jnp.float32
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert objective.compute_dtype(config) == jnp.bfloat16
+  config.half_precision = False  # an explicit choice wins on any backend
+  assert objective.compute_dtype(config) == jnp.float32
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  config.half_precision = True
+  assert objective.compute_dtype(config) == jnp.bfloat16
+  # bf16 reaches the backbone's convolutions, not its parameters (features come out float32).
+  networks = objective.build_networks(config)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(lambda k: networks.backbone.init(k, x, train=False), jax.random.key(0))
+  jaxpr = str(jax.make_jaxpr(lambda v: networks.backbone.apply(v, x, train=False))(variables))
+  convs = [line for line in jaxpr.splitlines() if "= conv_general_dilated[" in line]
+  assert len(convs) >= 17 and all(":bf16[" in line.split("=")[0] for line in convs), convs[:3]
+  assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}

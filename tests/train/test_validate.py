@@ -35,6 +35,8 @@ def _set(config, dotted, value):
     ("optim.lr", 0.0, {}),
     ("optim.psi_lr", -1e-3, {}),
     ("optim.coeff_lr", 0.0, {}),
+    ("manifold.best_of_j_dtype", "float16", {}),
+    ("manifold.best_of_j_dtype", "bfloat16", {"manifold.best_of_j_method": "taylor"}),
 ])
 def test_bad_value_raises_config_error_naming_the_key(key, value, extra):
   config = _valid()
