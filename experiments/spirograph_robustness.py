@@ -19,7 +19,6 @@ from typing import Sequence
 
 import jax
 import ml_collections
-import numpy as np
 
 from mclr_jax.data import spirograph
 from mclr_jax.evaluate import runner
