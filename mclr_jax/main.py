@@ -22,7 +22,10 @@ class _QuietLibraries(logging.logging.Filter):
   """Keeps orbax's per-save INFO chatter out of the console; its warnings and errors still show."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+    # Standard-library levels: absl's own constants (logging.WARNING == -1) use another scale.
+    return record.levelno >= logging.logging.WARNING or "/orbax/" not in record.pathname
+
+
 config_flags.DEFINE_config_file("config", "configs/spirograph.py", "Training config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -35,7 +38,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.distributed:
     jax.distributed.initialize()
-  logging.get_absl_logger().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = FLAGS.config
   logging.info("JAX %s on %s; process %d of %d.", jax.__version__, jax.devices(),
                jax.process_index(), jax.process_count())
