@@ -21,12 +21,8 @@ def _clusters(seed, per_class=30, dim=6):
   return x.astype(np.float32), y
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  # Compilation dominates these tiny runs on 2 CPU cores (flax examples' trick, STYLE.md).
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", False)
+# Compilation dominates these tiny runs on 2 CPU cores (flax examples' trick, STYLE.md).
+pytestmark = pytest.mark.usefixtures("fast_cpu_compiles")
 
 
 TRAIN = _clusters(0)

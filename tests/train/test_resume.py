@@ -40,13 +40,13 @@ def tiny_spirograph_config(method="simclr", num_train_steps=4):
 
 
 @pytest.fixture(scope="module")
-def fast_compiles(tmp_path_factory):
-  """Unoptimised CPU compiles, a session-wide persistent compilation cache (repeated runs of one
-  config compile once), and no TensorBoard writer (it would import TensorFlow)."""
-  names = ("jax_disable_most_optimizations", "jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+def fast_compiles(tmp_path_factory, fast_cpu_compiles):
+  """Unoptimised CPU compiles (conftest's `fast_cpu_compiles`), a session-wide persistent
+  compilation cache (repeated runs of one config compile once), and no TensorBoard writer (it would
+  import TensorFlow)."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
   old = {n: jax.config.values[n] for n in names}
-  jax.config.update("jax_disable_most_optimizations", True)
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "xla_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
