@@ -1,11 +1,12 @@
-"""The shared ManifoldCLR / SimCLR recipe (spec §4) and its variants, as one ConfigDict.
+"""The shared ManifoldCLR / SimCLR recipe (docs/method.md §5) and its variants, as one ConfigDict.
 
 Dataset configs (`cifar10.py`, `stl10.py`, `tinyimagenet.py`, `spirograph.py`) import this and
-override what their row of the spec §4 table changes. Choose a variant with a config-string argument:
+override what their row of the docs/method.md §5 table changes. Choose a variant with a
+config-string argument:
 
   python -m mclr_jax.main --config=configs/stl10.py:simclr --workdir=/tmp/stl10_simclr
 
-Variants (spec §4 table rows):
+Variants (docs/method.md §5 table rows):
   proj     ManifoldCLR with the MLP projection head (`transop_vi_proj_*`).
   thresh   ManifoldCLR + projection head + soft threshold λ = 0.01 and best-of-J (J = 20) sampling
            (`transop_vi-thresh_proj_*`).
@@ -22,7 +23,7 @@ VARIANTS = ("proj", "thresh", "noproj", "simclr", "simclr_noproj")
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  """ManifoldCLR with projection head on CIFAR-10 (`transop_vi_proj_cifar10`), the spec's defaults."""
+  """ManifoldCLR with projection head on CIFAR-10 (`transop_vi_proj_cifar10`), the authors' defaults."""
   config = ml_collections.ConfigDict()
   config.method = "manifoldclr"  # "simclr" | "manifoldclr"
   config.seed = 0
@@ -41,7 +42,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.name = "cifar10"  # cifar10 | stl10 | tinyimagenet | spirograph
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (None: default)
   config.data.prefetch = 2  # batches moved to the device ahead of the step
-  # SimCLR augmentations (spec §6), identical for every image dataset.
+  # SimCLR augmentations (docs/method.md §7), identical for every image dataset.
   config.data.jitter_strength = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
   config.data.jitter_prob = 0.8
   config.data.grayscale_prob = 0.1
@@ -59,7 +60,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.manifold = ml_collections.ConfigDict()
   config.manifold.dictionary_size = 16  # M
   config.manifold.block_dim = 64  # b; K = feature_dim / b blocks share one coefficient vector
-  config.manifold.init = "stable"  # "stable" (rotation generators, spec §1) | "gaussian"
+  config.manifold.init = "stable"  # "stable" (rotation generators, docs/method.md §2) | "gaussian"
   config.manifold.real_range = 1e-4
   config.manifold.imag_range = 6.0
   config.manifold.expm = "taylor"  # "taylor" (scaling & squaring, fixed degree) | "pade" (jax.scipy)
@@ -117,14 +118,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.max_train_examples = -1  # > 0: subsample the probe-train features (quick checks)
   config.eval.max_test_examples = -1
   config.eval.feature_average_copies = 0  # M of test-time feature averaging (0: off)
-  config.eval.probe_l2 = 1e-8  # L2 weight of the Spirograph regression probe (spirograph spec §4)
+  config.eval.probe_l2 = 1e-8  # L2 weight of the Spirograph regression probe (docs/method.md §13)
   config.eval.semi_supervised_trials = 50
   config.eval.semi_supervised_steps = 10000
   return config
 
 
 def apply_variant(config: ml_collections.ConfigDict, variant: str, *, dataset: str):
-  """Switches `config` to one row family of the spec §4 table, in place; returns it."""
+  """Switches `config` to one row family of the docs/method.md §5 table, in place; returns it."""
   if variant not in VARIANTS:
     raise ValueError(f"Unknown config variant {variant!r}; choose one of {VARIANTS}, e.g. "
                      f"--config=configs/{dataset}.py:simclr")

@@ -9,11 +9,11 @@ with and without test-time feature averaging, written to WORKDIR/results.json.
 
 Variants (`--config=configs/spirograph.py:<variant>`):
   cpu          the default above (invariance weight 0: the SimCLR baseline)
-  gp           + the gradient-penalty invariance regulariser, λ = 0.01, clip 1000 (spirograph spec §2)
+  gp           + the gradient-penalty regulariser, λ = 0.01, clip 1000 (docs/method.md §11)
   manifoldclr  ManifoldCLR with projection head on the same small setting
   paper        the paper's full setting for accelerators: ResNet-18 (width 64), 100k draws, 50 epochs,
-               batch 512, probe on 50k/10k draws (spec §1, proportion 0.5); combine with the
-               regulariser as --config=configs/spirograph.py:paper --config.invariance.weight=0.01
+               batch 512, probe on 50k/10k draws (docs/method.md §10.4, proportion 0.5); combine
+               with the regulariser as --config=configs/spirograph.py:paper --config.invariance.weight=0.01
                --config.invariance.clip=1000
 """
 
@@ -50,7 +50,7 @@ def get_config(variant: str = "cpu"):
   config.optim.warmup_epochs = 0.5
   config.optim.min_lr = 1e-5
   config.loss.temperature = 0.5
-  config.invariance.clip = 1000.0  # Spirograph's U (spirograph spec §2)
+  config.invariance.clip = 1000.0  # Spirograph's U (docs/method.md §11)
   config.invariance.num_alpha_samples = 100
   config.eval.feature_average_copies = 5  # the paper uses M = 30; 5 keeps the CPU run short
   config.eval.max_train_examples = 4096  # probe-train draws (the first of the training θ)

@@ -19,5 +19,6 @@ def get_config(variant: str = "proj"):
   config.manifold.dictionary_size = 64
   base.apply_variant(config, variant, dataset="stl10")
   if variant == "thresh":
-    config.manifold.dictionary_size = 128  # the file sets 128 although its name says dict64 (spec §4)
+    # The authors' file sets 128 although its name says dict64 (docs/method.md §5).
+    config.manifold.dictionary_size = 128
   return config

@@ -1,4 +1,4 @@
-"""Training-step and matrix-exponential benchmark (issue 6): where the time of a step goes.
+"""Training-step and matrix-exponential benchmark: where the time of a step goes.
 
   python experiments/benchmark.py --case=all --out=bench.json                 # full size, fp32
   python experiments/benchmark.py --case=all --precision=both --out=bench.json # + bf16 rows

@@ -1,16 +1,13 @@
-"""Geometry probe across augmentation strengths (geometry spec §5): encoder vs projector.
+"""Geometry probe across augmentation strengths (docs/method.md §14): encoder vs projector.
 
 Usage (once training and checkpoint restore exist):
   python experiments/geometry_sweep.py --workdirs=runs/s0.25,runs/s0.5,runs/s1 \
       --strengths=0.25,0.5,1 --output_dir=runs/geometry
 
 For each workdir (one model trained at strength s) it restores the model, probes N held-out images
-(spec §5 "keep the probe cheap": N = 2000, M = 32), and writes `geometry_s{s}.json` plus a text
+(N = 2000, M = 32, docs/method.md §14), and writes `geometry_s{s}.json` plus a text
 table `geometry_table.txt` comparing encoder and projector across strengths.
 
-`probe_model`, `flatten_report` and `tabulate` are complete and tested; `main` needs from the lead:
-`mclr_jax.train.checkpoint.restore_model(workdir)` (an object with `.encode(images) -> h (N, D)`
-and `.project(h) -> z (N, K)`) and the held-out images / augmentation of the run (`_load_probe_data`).
 """
 
 import argparse
@@ -25,7 +22,7 @@ from mclr_jax.evaluate import geometry
 
 def probe_model(key, model, images, augment_fn, num_augmentations: int = 32, tangent_dim: int = 4,
                 k_neighbours: int = 20) -> dict:
-  """Runs the geometry probe for one model (spec §5).
+  """Runs the geometry probe for one model (docs/method.md §14).
 
   Args:
     key: PRNG key.
@@ -94,7 +91,7 @@ def _restore_model(workdir):
 
 def _load_probe_data(workdir, strength, num_points):
   """(images (N, H, W, 3) preprocessed, augment_fn(key, images)) for the run in `workdir` at
-  augmentation strength s (geometry spec §5).
+  augmentation strength s (docs/method.md §14).
 
   Spirograph: held-out θ rendered with nuisance ranges scaled by s around their midpoints
   (`spirograph.scaled_nuisance_ranges`); augmenting re-renders the same θ with fresh α, so the

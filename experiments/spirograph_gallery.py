@@ -1,4 +1,4 @@
-"""Pictures of the Spirograph dataset (spirograph spec §1, §6 "visualisations").
+"""Pictures of the Spirograph dataset (docs/method.md §10).
 
   python experiments/spirograph_gallery.py --out DIR [--seed 0] [--num 64] [--views 8]
 

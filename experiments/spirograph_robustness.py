@@ -1,11 +1,11 @@
-"""Spirograph robustness to shifted nuisance distributions (spirograph spec §4, "Robustness protocol").
+"""Spirograph robustness to shifted nuisance distributions (docs/method.md §13.2).
 
   python experiments/spirograph_robustness.py --workdir=runs/spirograph --workdir=runs/spirograph_gp \
       --out=robustness.json [--num_train=2048 --num_test=1024 --fa_copies=10 --seed=0]
 
 For every trained workdir (frozen encoder) and every shift, the regression probe is fitted and tested
 on features rendered under the shifted nuisance ranges (fresh seeded draws of α, the same θ for all
-models), with single-view features and with feature averaging over `fa_copies` draws (spec §3).
+models), with single-view features and with feature averaging over `fa_copies` draws (§12).
 Shifts: background widened to U(−v, 0.6 + v) for v ∈ {0, …, 0.4}; h widened to (0.5 − v, 2.5 + v)
 for v ∈ {0.25, 0.5}; h mean moved by +0.25 and +0.5. Writes OUT (JSON), prints a table (rows: shift,
 columns: workdir × {single, FA}) and writes OUT with a .png suffix: MSE against background width.
@@ -29,7 +29,7 @@ BACKGROUND_WIDTHS = (0.0, 0.1, 0.2, 0.3, 0.4)
 
 
 def default_shifts(base_ranges) -> list[tuple[str, dict]]:
-  """(name, ranges) for each shifted nuisance distribution of spirograph spec §4."""
+  """(name, ranges) for each shifted nuisance distribution of docs/method.md §13."""
   shifts = [(f"background+{v:g}", spirograph.widen_ranges(base_ranges, v))
             for v in BACKGROUND_WIDTHS]
   shifts += [(f"h_wide+{v:g}", spirograph.widen_ranges(base_ranges, v, names=("h",)))
@@ -57,14 +57,14 @@ class _ShiftedModel:
 
 def robustness_sweep(model, config, shifts: Sequence[tuple[str, dict]], key, num_train: int,
                      num_test: int, fa_copies: int) -> list[dict]:
-  """Probe test MSE under each shifted nuisance distribution (spirograph spec §4).
+  """Probe test MSE under each shifted nuisance distribution (docs/method.md §13).
 
   model: anything with `.encode(images (N, 32, 32, 3)) -> (N, D)` (a RestoredModel).
   config: the model's config (content names, normalisation, probe L2, seed of the θ draws).
   shifts: [(name, ranges)] with ranges a full {parameter: (lo, hi)} mapping.
   key: seeds the α draws; the same key is used for every shift, so shifts differ only by ranges.
   num_train / num_test: probe-train θ (the first of the training draws) and test θ.
-  fa_copies: M of feature averaging (spec §3); <= 1 reports single-view features only.
+  fa_copies: M of feature averaging (docs/method.md §12); <= 1 reports single-view features only.
   Returns one dict per shift: {"shift", "ranges", "single": probe results, "fa": ... or None};
   probe results hold "mse_mean", "r2_mean" and per-target entries (regression.spirograph_probe).
   """

@@ -1,4 +1,4 @@
-"""Contrastive, transport and coefficient losses of ManifoldCLR (spec §3), as pure jnp functions.
+"""Contrastive, transport and coefficient losses of ManifoldCLR (docs/method.md §4), pure jnp.
 
 Written with plain matrix products and `logsumexp` rather than `optax.losses.ntxent`, which fails on
 batches sharded over an explicit-sharding mesh. Every loss is computed in float32 whatever the input
@@ -28,7 +28,7 @@ def _check_pair(name, a, b):
 
 
 def nt_xent(a, b, temperature):
-  """NT-Xent (SimCLR) loss of two batches of L2-normalised embeddings (spec §3, cosine mode).
+  """NT-Xent (SimCLR) loss of two batches of L2-normalised embeddings (docs/method.md §4.1).
 
   Args:
     a, b: (B, d) L2-normalised embeddings; (a_i, b_i) are the positive pairs.
@@ -38,8 +38,8 @@ def nt_xent(a, b, temperature):
     () float32: mean over the 2B rows u of U = [a; b] of −log softmax_v(⟨u, v⟩/τ) at the positive
     v, the softmax running over all 2B rows except u itself (the positive is in the denominator).
 
-  The reference subtracts e^{‖u‖/τ} from the full sum as the self term (spec §9.5), which is right
-  only for unit vectors; masking the diagonal is exact for any input.
+  The reference subtracts e^{‖u‖/τ} from the full sum as the self term (docs/method.md §15.5),
+  which is right only for unit vectors; masking the diagonal is exact for any input.
   """
   _check_pair("nt_xent", a, b)
   a = a.astype(jnp.float32)
@@ -62,13 +62,13 @@ def _neg_mean_sq_dist(u, v):
 
 
 def mse_info_nce(a, b, temperature, negatives=None):
-  """InfoNCE with the negative mean squared distance as similarity (spec §3 "mse mode").
+  """InfoNCE with the negative mean squared distance as similarity (docs/method.md §4 "mse mode").
 
   Args:
     a, b: (B, d) raw (un-normalised) features; (a_i, b_i) are the positive pairs.
     temperature: τ > 0.
     negatives: optional (N, d) extra candidates for every row (the reference passes the
-      un-augmented z0, N = B, including z0_i for its own pair; spec §3, §9.5).
+      un-augmented z0, N = B, including z0_i for its own pair; docs/method.md §4, §15.5).
 
   Returns:
     () float32: with s(u, v) = −mean_d (u − v)², rows U = [a; b] and candidates S = [a; b] or
@@ -97,7 +97,7 @@ def mse_info_nce(a, b, temperature, negatives=None):
 
 
 def transport_mse(z_hat, z_target):
-  """Transport loss mean_{B×D} (ẑ1 − sg z1)² (spec §3, `transop_loss_detach_z1=True`).
+  """Transport loss mean_{B×D} (ẑ1 − sg z1)² (docs/method.md §4, `transop_loss_detach_z1=True`).
 
   z_hat, z_target: (..., D) -> () float32; no gradient flows into `z_target`.
   """
@@ -108,7 +108,7 @@ def transport_mse(z_hat, z_target):
 
 
 def location_l2(mu):
-  """Shift L2 penalty mean_b Σ_m μ_q[b, m]² on the encoder locations (spec §3).
+  """Shift L2 penalty mean_b Σ_m μ_q[b, m]² on the encoder locations (docs/method.md §4).
 
   mu: (B, M) -> () float32.
   """

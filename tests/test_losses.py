@@ -1,4 +1,4 @@
-"""Tests for mclr_jax.losses against float64 numpy references written from spec §3."""
+"""Tests for mclr_jax.losses against float64 numpy references written from docs/method.md §4."""
 
 import functools
 
@@ -24,7 +24,7 @@ def _unit_rows(rng, n, d):
 
 
 def _nt_xent_reference(a, b, temperature):
-  """Explicit loops over the 2B rows, num/den form of spec §3 (cosine mode), float64."""
+  """Explicit loops over the 2B rows, num/den form of docs/method.md §4 (cosine mode), float64."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   batch = a.shape[0]
   u = np.concatenate([a, b])
@@ -38,7 +38,7 @@ def _nt_xent_reference(a, b, temperature):
 
 
 def _mse_info_nce_reference(a, b, temperature, negatives=None):
-  """Explicit loops, spec §3 "mse mode": self term kept in the denominator, float64."""
+  """Explicit loops, docs/method.md §4 "mse mode": self term kept in the denominator, float64."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   batch = a.shape[0]
   u = np.concatenate([a, b])

@@ -1,4 +1,4 @@
-"""experiments/spirograph_robustness.py: the sweep's core on a fake encoder (spirograph spec §4)."""
+"""experiments/spirograph_robustness.py: the sweep's core on a fake encoder (docs/method.md §13)."""
 
 import importlib.util
 import json
@@ -62,7 +62,7 @@ def test_sweep_structure_and_unshifted_row_matches_runner():
 
 
 def test_wider_background_reaches_outside_the_training_pixel_range():
-  """U(−v, 0.6 + v) backgrounds give pixels below 0 (renders are not clipped, spirograph §1)."""
+  """U(−v, 0.6 + v) backgrounds give pixels below 0 (renders are not clipped, §10.3)."""
   config = _config()
   base = spirograph_ranges(config.data)
   model = _FakeEncoder(config)

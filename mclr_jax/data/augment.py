@@ -1,16 +1,16 @@
-"""SimCLR image augmentations on device, in JAX (manifoldclr spec §6, invariance spec §2).
+"""SimCLR image augmentations on device, in JAX (docs/method.md §7, §11).
 
 Every function is a pure function of a batch `images (B, H, W, 3)` (uint8 in [0, 255] or float in
 [0, 1]) and, where random, an explicit `jax.random` key; all of them jit and act independently per
-image. The pipeline of spec §6 is `simclr_augment`:
+image. The pipeline of docs/method.md §7 is `simclr_augment`:
 
   ColorJitter(0.4, 0.4, 0.4, 0.1) w.p. 0.8 → RandomGrayscale w.p. 0.1 → RandomResizedCrop
   (scale (0.2, 1), ratio (3/4, 4/3), bicubic) → horizontal flip w.p. 0.5 → Normalize.
 
 Deviations from torchvision, all deliberate:
 - Colour jitter applies its four ops in the fixed order brightness → contrast → saturation → hue and
-  shifts hue by a rotation of the chroma plane in YIQ space (invariance spec §2). torchvision draws a
-  random op order per image and shifts hue in HSV space, which is piecewise and not differentiable
+  shifts hue by a rotation of the chroma plane in YIQ space (docs/method.md §11.3). torchvision
+  draws a random op order per image and shifts hue in HSV space, which is piecewise and not differentiable
   in the factor. The YIQ version is smooth in the four factors, which the invariance regulariser
   needs (it differentiates the representation with respect to them), and both papers' JAX port
   uses it for SimCLR training too, so one colour model serves both.
@@ -62,7 +62,7 @@ def _per_image(factor: jax.Array) -> jax.Array:
 
 
 def hue_matrices(hue: jax.Array) -> jax.Array:
-  """RGB → RGB matrices `(B, 3, 3)` rotating the YIQ chroma plane (I, Q) by 2π·hue (spec §2).
+  """RGB → RGB matrices `(B, 3, 3)` rotating the YIQ chroma (I, Q) by 2π·hue (docs/method.md §11.3).
 
   I' = I cos θ − Q sin θ, Q' = I sin θ + Q cos θ, Y unchanged; `hue` is `(B,)` in turns.
   """
@@ -81,7 +81,7 @@ def hue_matrices(hue: jax.Array) -> jax.Array:
 
 def color_jitter(images: jax.Array, brightness: jax.Array, contrast: jax.Array,
                  saturation: jax.Array, hue: jax.Array) -> jax.Array:
-  """Differentiable colour jitter with explicit per-image factors (invariance spec §2).
+  """Differentiable colour jitter with explicit per-image factors (docs/method.md §11).
 
   Fixed order brightness → contrast → saturation → hue, each followed by a clip to [0, 1]:
   brightness multiplies; contrast blends with the image's mean luma; saturation blends with the
@@ -110,7 +110,7 @@ def color_jitter(images: jax.Array, brightness: jax.Array, contrast: jax.Array,
 
 def sample_jitter_params(key: jax.Array, batch: int,
                          strength: Sequence[float] = (0.4, 0.4, 0.4, 0.1)) -> dict[str, jax.Array]:
-  """Draws the four colour-jitter factors, each `(B,)` float32 (torchvision's ranges, spec §6).
+  """Draws the four colour-jitter factors, each `(B,)` float32 (torchvision's ranges, method.md §7).
 
   brightness, contrast, saturation ~ U(max(0, 1 − s), 1 + s); hue ~ U(−s_h, s_h).
 
@@ -150,7 +150,7 @@ def sample_crop_boxes(key: jax.Array, batch: int, height: int, width: int,
                       scale: Sequence[float] = (0.2, 1.0),
                       ratio: Sequence[float] = (3 / 4, 4 / 3),
                       num_candidates: int = 10) -> tuple[jax.Array, ...]:
-  """RandomResizedCrop boxes with torchvision's distribution, vectorised (spec §6).
+  """RandomResizedCrop boxes with torchvision's distribution, vectorised (docs/method.md §7).
 
   Per image, `num_candidates` boxes are drawn at once: area fraction ~ U(scale), aspect ratio w/h
   log-uniform in `ratio`, w = round(√(area·r)), h = round(√(area/r)). The first candidate that fits
@@ -245,7 +245,7 @@ def simclr_augment(key: jax.Array, images: jax.Array, *, out_size: int, mean: Se
                    crop_scale: Sequence[float] = (0.2, 1.0),
                    crop_ratio: Sequence[float] = (0.75, 4 / 3),
                    flip_prob: float = 0.5) -> jax.Array:
-  """One SimCLR view per image, in the order of spec §6.
+  """One SimCLR view per image, in the order of docs/method.md §7.
 
   jitter (w.p. `jitter_prob`) → grayscale (w.p. `grayscale_prob`) → random resized crop to
   `out_size` → horizontal flip (w.p. `flip_prob`) → normalise with `mean`/`std`.
@@ -269,7 +269,7 @@ def simclr_augment(key: jax.Array, images: jax.Array, *, out_size: int, mean: Se
 
 
 def two_views(key: jax.Array, images: jax.Array, **kwargs) -> tuple[jax.Array, jax.Array]:
-  """Two independent `simclr_augment` views (spec §6); kwargs as `simclr_augment`.
+  """Two independent `simclr_augment` views (docs/method.md §7); kwargs as `simclr_augment`.
 
   Returns:
     (x0, x1), each (B, out_size, out_size, 3) float32.
@@ -279,7 +279,7 @@ def two_views(key: jax.Array, images: jax.Array, **kwargs) -> tuple[jax.Array, j
 
 
 def eval_preprocess(images: jax.Array, info: DatasetInfo) -> jax.Array:
-  """Deterministic probe/test transform of spec §6: (B, H, W, 3) → (B, S, S, 3) float32.
+  """Deterministic probe/test transform of docs/method.md §7: (B, H, W, 3) → (B, S, S, 3) float32.
 
   STL-10 (`info.eval_resize` set): bicubic resize to eval_resize (70), center crop to
   `info.image_size` (64), normalise. Other datasets: normalise only (size unchanged).

@@ -1,4 +1,4 @@
-"""Image dataset metadata: TFDS names, splits, sizes and normalisation constants (spec §6).
+"""Image dataset metadata: TFDS names, splits, sizes and normalisation (docs/method.md §7).
 
 Pure Python, no TensorFlow, so configs and the augmentation code can read it without the `[tf]`
 extra installed. Loading the pixels lives in `tfds_input.py`.
@@ -20,10 +20,10 @@ class DatasetInfo:
     image_size: crop size used in training (and the eval resolution), pixels.
     source_size: stored image side, pixels.
     num_classes: number of labels.
-    mean: per-channel RGB mean of images in [0, 1] (spec §6 table).
-    std: per-channel RGB std of images in [0, 1] (spec §6 table).
+    mean: per-channel RGB mean of images in [0, 1] (docs/method.md §7 table).
+    std: per-channel RGB std of images in [0, 1] (docs/method.md §7 table).
     eval_resize: None, or the side an eval image is resized to (bicubic) before the
-      `image_size` center crop (STL-10: 70 then 64, spec §6).
+      `image_size` center crop (STL-10: 70 then 64, docs/method.md §7).
   """
   name: str
   tfds_name: str
@@ -51,8 +51,8 @@ DATASETS: dict[str, DatasetInfo] = {
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2023, 0.1994, 0.2010),
     ),
-    # spec §6: SSL on train+unlabelled (105k) at 64 px from the 96 px source; the probe sees
-    # resize-70 → center-crop-64.
+    # docs/method.md §7: SSL on train+unlabelled (105k) at 64 px from the 96 px source; the probe
+    # sees resize-70 → center-crop-64.
     "stl10": DatasetInfo(
         name="stl10",
         tfds_name="stl10",
@@ -66,7 +66,7 @@ DATASETS: dict[str, DatasetInfo] = {
         std=(0.27, 0.26, 0.27),
         eval_resize=70,
     ),
-    # spec §6: the test set is the official `val` folder (10k); our TFDS builder names it
+    # docs/method.md §7: the test set is the official `val` folder (10k); our TFDS builder names it
     # "validation" (see tiny_imagenet.py).
     "tinyimagenet": DatasetInfo(
         name="tinyimagenet",

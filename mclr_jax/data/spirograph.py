@@ -1,11 +1,12 @@
 """The Spirograph dataset: a differentiable renderer, seeded parameter sampling, and fixed splits.
 
-Implements spirograph spec §1. An image is a function of 10 scalars, split into content θ (the
+Implements docs/method.md §10. An image is a function of 10 scalars, split into content θ (the
 regression target) and nuisance α (the transformation). Only θ is stored for training; every view
 renders θ again with a fresh α ~ p(α), so the two positives share θ and have independent α.
 
 Everything is pure JAX: `render` is jittable, vmap-able and differentiable in all 10 parameters,
-which is what the gradient-penalty regulariser (spec §2) and the geometry probe (spec §5) need.
+which is what the gradient-penalty regulariser (docs/method.md §11) and the geometry probe (§14)
+need.
 The canonical column order of a parameter vector is `PARAM_NAMES`.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 PARAM_NAMES = ("m", "b", "h", "sigma", "r_fore", "r_back", "g_fore", "g_back", "b_fore", "b_back")
 
-# spec §1 table: every parameter is drawn independently from U(lo, hi).
+# docs/method.md §10 table: every parameter is drawn independently from U(lo, hi).
 DEFAULT_RANGES = {
     "m": (2.0, 5.0),
     "b": (0.1, 1.1),
@@ -32,7 +33,7 @@ DEFAULT_RANGES = {
     "b_back": (0.0, 0.6),
 }
 
-# spec §1: θ = (m, b, σ, f_r) is the content and the downstream regression target.
+# docs/method.md §10: θ = (m, b, σ, f_r) is the content and the downstream regression target.
 DEFAULT_CONTENT = ("m", "b", "sigma", "r_fore")
 BACKGROUND_NAMES = ("r_back", "g_back", "b_back")
 
@@ -42,7 +43,7 @@ EXTENT = 6.0
 
 
 def nuisance_names(content: Sequence[str] = DEFAULT_CONTENT) -> tuple[str, ...]:
-  """The names not in `content`, in canonical order (the column order of α, spec §1)."""
+  """The names not in `content`, in canonical order (the column order of α, docs/method.md §10)."""
   _check_names(content, "content")
   return tuple(name for name in PARAM_NAMES if name not in content)
 
@@ -84,12 +85,13 @@ def _uniform(key, lo, hi, shape):
 
 
 def curve(params: jax.Array, num_points: int = NUM_POINTS) -> tuple[jax.Array, jax.Array]:
-  """The hypotrochoid sample points of spec §1.
+  """The hypotrochoid sample points of docs/method.md §10.
 
   params: (..., 10) in canonical order -> (x, y), each (..., num_points).
   """
   m, b, h = params[..., 0:1], params[..., 1:2], params[..., 2:3]
-  # spec §1: t covers [0, 2π] with both ends included, so the curve is generally not closed.
+  # docs/method.md §10.2: t covers [0, 2π] with both ends included, so the curve is generally not
+  # closed.
   t = jnp.linspace(0.0, 2.0 * jnp.pi, num_points, dtype=params.dtype)
   x = (m - h) * jnp.cos(t) + h * jnp.cos((m - h) * t / b)
   y = (m - h) * jnp.sin(t) - h * jnp.sin((m - h) * t / b)
@@ -98,7 +100,7 @@ def curve(params: jax.Array, num_points: int = NUM_POINTS) -> tuple[jax.Array, j
 
 def density(params: jax.Array, normalization: str = "row", num_points: int = NUM_POINTS,
             image_size: int = IMAGE_SIZE, extent: float = EXTENT) -> jax.Array:
-  """Normalised line density v in [0, 1] on the pixel grid (spec §1 rasterisation).
+  """Normalised line density v in [0, 1] on the pixel grid (docs/method.md §10 rasterisation).
 
   params: (..., 10) -> v: (..., image_size, image_size); v[..., i, j] is at (x = g_i, y = g_j).
   """
@@ -114,8 +116,8 @@ def density(params: jax.Array, normalization: str = "row", num_points: int = NUM
   weight_y = jnp.exp(-(grid[:, None] - y[..., None, :]) ** 2 / sigma)
   v = jnp.einsum("...ik,...jk->...ij", weight_x, weight_y) / num_points
   if normalization == "row":
-    # spec §1: each row i (the x coordinate) is divided by its own maximum; this is what the
-    # published generator computes, so it defines the dataset.
+    # docs/method.md §10.3: each row i (the x coordinate) is divided by its own maximum; this is
+    # what the published generator computes, so it defines the dataset.
     return v / (jnp.max(v, axis=-1, keepdims=True) + 1e-8)
   return v / (jnp.max(v, axis=(-2, -1), keepdims=True) + 1e-8)
 
@@ -124,11 +126,11 @@ def density(params: jax.Array, normalization: str = "row", num_points: int = NUM
 @functools.partial(jax.jit, static_argnames=("normalization", "num_points", "image_size", "extent"))
 def render(params: jax.Array, normalization: str = "row", num_points: int = NUM_POINTS,
            image_size: int = IMAGE_SIZE, extent: float = EXTENT) -> jax.Array:
-  """Renders Spirograph images (spec §1), differentiable in all 10 parameters.
+  """Renders Spirograph images (docs/method.md §10), differentiable in all 10 parameters.
 
   params: (..., 10) in `PARAM_NAMES` order -> images (..., image_size, image_size, 3), NHWC, the
   row axis being x ("ij" indexing). Values lie in [0, 1] whenever the colour parameters do (the
-  §1 ranges); widened robustness ranges may leave it, and are deliberately not clipped.
+  §10 ranges); widened robustness ranges may leave it, and are deliberately not clipped.
   normalization: "row" (default, the published dataset) or "image" (per-image maximum).
   """
   params = jnp.asarray(params)
@@ -145,7 +147,7 @@ def render(params: jax.Array, normalization: str = "row", num_points: int = NUM_
 
 def sample_params(key: jax.Array, n: int,
                   ranges: Mapping[str, tuple[float, float]] = DEFAULT_RANGES) -> jax.Array:
-  """Draws n i.i.d. parameter vectors, each entry uniform on its range (spec §1), seeded.
+  """Draws n i.i.d. parameter vectors, each entry uniform on its range (docs/method.md §10), seeded.
 
   Returns (n, 10) float32 in canonical order.
   """
@@ -157,7 +159,7 @@ def split_params(params: jax.Array, content: Sequence[str] = DEFAULT_CONTENT
                  ) -> tuple[jax.Array, jax.Array]:
   """Splits params (..., 10) into theta (..., n_c) (in `content` order) and alpha (..., n_a).
 
-  alpha's columns follow canonical order (spec §1), `nuisance_names(content)`.
+  alpha's columns follow canonical order (docs/method.md §10), `nuisance_names(content)`.
   """
   content_index = np.array([PARAM_NAMES.index(name) for name in content])
   nuisance_index = np.array([PARAM_NAMES.index(name) for name in nuisance_names(content)])
@@ -185,7 +187,7 @@ def merge_params(theta: jax.Array, alpha: jax.Array,
 def sample_nuisance(key: jax.Array, shape: Sequence[int],
                     ranges: Mapping[str, tuple[float, float]] = DEFAULT_RANGES,
                     content: Sequence[str] = DEFAULT_CONTENT) -> jax.Array:
-  """Draws α ~ p(α) (spec §1 augmentation): returns shape + (n_a,) float32."""
+  """Draws α ~ p(α) (docs/method.md §10 augmentation): returns shape + (n_a,) float32."""
   names = nuisance_names(content)
   lo, hi = _range_vectors(ranges, names)
   return _uniform(key, lo, hi, tuple(shape) + (len(names),))
@@ -195,8 +197,8 @@ def random_view(key: jax.Array, theta: jax.Array,
                 ranges: Mapping[str, tuple[float, float]] = DEFAULT_RANGES,
                 content: Sequence[str] = DEFAULT_CONTENT,
                 normalization: str = "row") -> tuple[jax.Array, jax.Array]:
-  """One view per θ with a fresh α (spec §1): theta (..., n_c) -> (images (..., 32, 32, 3),
-  alpha (..., n_a)). `lambda k, t: random_view(k, t)[0]` is a `view_fn` for feature averaging."""
+  """One view per θ with a fresh α (docs/method.md §10.4): theta (..., n_c) ->
+  (images (..., 32, 32, 3), alpha (..., n_a)). `lambda k, t: random_view(k, t)[0]` is a `view_fn` for feature averaging."""
   alpha = sample_nuisance(key, theta.shape[:-1], ranges, content)
   return render(merge_params(theta, alpha, content), normalization), alpha
 
@@ -205,7 +207,7 @@ def make_views(key: jax.Array, theta: jax.Array, num_views: int = 2,
                ranges: Mapping[str, tuple[float, float]] = DEFAULT_RANGES,
                content: Sequence[str] = DEFAULT_CONTENT,
                normalization: str = "row") -> tuple[jax.Array, jax.Array]:
-  """Renders num_views views of each θ with independent α (spec §1: positives share θ).
+  """Renders num_views views of each θ with independent α (docs/method.md §10: positives share θ).
 
   theta: (B, n_c) -> images (V, B, 32, 32, 3), alphas (V, B, n_a).
   """
@@ -213,13 +215,13 @@ def make_views(key: jax.Array, theta: jax.Array, num_views: int = 2,
   return render(merge_params(theta, alpha, content), normalization), alpha
 
 
-# --- Shifted nuisance distributions (spec §4 robustness, spec §5 strength) ---
+# --- Shifted nuisance distributions (docs/method.md §10.5) ---
 
 def widen_ranges(ranges: Mapping[str, tuple[float, float]], amount: float,
                  names: Sequence[str] = BACKGROUND_NAMES) -> dict:
   """Each named range (lo, hi) becomes (lo − amount, hi + amount); others are copied.
 
-  With the defaults this is spec §4's background U(−v, 0.6 + v); names=("h",) widens h.
+  With the defaults this is docs/method.md §13's background U(−v, 0.6 + v); names=("h",) widens h.
   """
   _check_ranges(ranges, names)
   out = dict(ranges)
@@ -231,7 +233,7 @@ def widen_ranges(ranges: Mapping[str, tuple[float, float]], amount: float,
 
 
 def shift_range(ranges: Mapping[str, tuple[float, float]], name: str, shift: float) -> dict:
-  """Moves one range by `shift` (spec §4: shift the mean of h); others are copied."""
+  """Moves one range by `shift` (docs/method.md §13: shift the mean of h); others are copied."""
   _check_ranges(ranges, (name,))
   out = dict(ranges)
   lo, hi = ranges[name]
@@ -241,10 +243,10 @@ def shift_range(ranges: Mapping[str, tuple[float, float]], name: str, shift: flo
 
 def scaled_nuisance_ranges(strength: float,
                            base: Mapping[str, tuple[float, float]] = DEFAULT_RANGES) -> dict:
-  """Nuisance ranges scaled around their midpoints by `strength` s (spec §5, our parameterisation).
+  """Nuisance ranges scaled about their midpoints by `strength` s (docs/method.md §10.5).
 
   h ∈ 1.5 ± s, backgrounds ∈ 0.3 ± 0.3 s, g_fore/b_fore ∈ 0.7 ± 0.3 s; content ranges come from
-  `base`. s = 1 recovers the §1 table.
+  `base`. s = 1 recovers the §10 table.
   """
   if strength < 0:
     raise ValueError(f"strength={strength} must be >= 0 (0 = no nuisance variation).")
@@ -257,7 +259,7 @@ def scaled_nuisance_ranges(strength: float,
   return out
 
 
-# --- Fixed splits and pictures (spec §6: saved splits with all 10 parameters) ---
+# --- Fixed splits and pictures (docs/method.md §10: saved splits with all 10 parameters) ---
 
 def save_split(path: str, params, images=None) -> None:
   """Saves params (N, 10) as named columns (and optional images (N, 32, 32, 3)) to a .npz."""

@@ -1,7 +1,7 @@
 """Host input pipeline: TFDS splits as numpy, a resumable sharded batch iterator, device prefetch.
 
-The image datasets of spec §6 are small enough (≤ 105k images of ≤ 96 px) to sit in host memory
-as one uint8 array, so the pipeline is plain numpy: `load_split` reads a prepared TFDS split once,
+The image datasets of docs/method.md §7 are small enough (≤ 105k images of ≤ 96 px) to sit in host
+memory as one uint8 array, so the pipeline is plain numpy: `load_split` reads a prepared TFDS split once,
 `TrainIterator` cuts deterministic per-process batches out of it (augmentation then runs on device,
 `augment.py`), and `prefetch_to_device` overlaps the host gather and the transfer with the step.
 
@@ -76,7 +76,7 @@ def _load_one_split(info: DatasetInfo, split: str, data_dir: str | None):
   images = np.concatenate([c["image"] for c in chunks]).astype(np.uint8, copy=False)
   labels = np.concatenate([c["label"] for c in chunks]).astype(np.int32)
   if info.name == "stl10" and split == "unlabelled":
-    labels = np.full_like(labels, -1)  # spec §6: the 100k unlabelled STL-10 images carry no class
+    labels = np.full_like(labels, -1)  # the 100k unlabelled STL-10 images carry no class
   return images, labels
 
 

@@ -1,4 +1,4 @@
-"""TFDS builder for Tiny ImageNet (200 classes, 64×64), read from a manual download (spec §6).
+"""TFDS builder for Tiny ImageNet (200 classes, 64×64) from a manual download (docs/method.md §7).
 
 Importing this module registers the builder as `tiny_imagenet`; `tfds_input.load_split` imports it
 lazily, so TensorFlow stays out of the core package. Splits: `train` (100k images,

@@ -1,4 +1,4 @@
-"""K-means cluster purity on frozen features (manifoldclr spec §7 "Clustering", `feat_cluster_acc`).
+"""K-means cluster purity on frozen features (docs/method.md §8 "Clustering", `feat_cluster_acc`).
 
 sklearn KMeans(num_clusters, random_state=seed) on `num_points` evenly spaced rows (10 clusters
 even for TinyImageNet, as in the reference); purity = Σ_clusters (largest class count) / N.

@@ -1,4 +1,4 @@
-"""The geometry probe and invariance diagnostics (geometry spec §4 "Invariance diagnostics", §5).
+"""The geometry probe and invariance diagnostics (docs/method.md §13 "Invariance diagnostics", §14).
 
 Pure functions of arrays, so they work for any encoder f (h = f(x), (N, D)) and projector g
 (z = g(h), (N, K)): spectra and dimension of an embedding, projector Jacobians G_x = ∂g/∂h,
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-# --- spec §5.1: spectrum and dimension ---------------------------------------------------------
+# --- docs/method.md §14.1: spectrum and dimension ---------------------------------------------
 
 def singular_values(x) -> np.ndarray:
   """Singular values (descending, float64) of the column-centred embedding x: (N, D) -> (min(N, D),)."""
@@ -45,7 +45,7 @@ def rank_at(s, tau: float) -> int:
 
 
 def spectrum_summary(x, taus=(1e-1, 1e-2, 1e-3)) -> dict:
-  """Dimension statistics of an embedding x: (N, D) (spec §5.1), JSON-serialisable."""
+  """Dimension statistics of an embedding x: (N, D) (docs/method.md §14.1), JSON-serialisable."""
   s = singular_values(x)
   out = dict(effective_rank=effective_rank(s), participation_ratio=participation_ratio(s),
              singular_values=s.tolist())
@@ -54,7 +54,7 @@ def spectrum_summary(x, taus=(1e-1, 1e-2, 1e-3)) -> dict:
   return out
 
 
-# --- spec §5.2-§5.4: tangents, Jacobians, retention, angles ------------------------------------
+# --- docs/method.md §14.2-§14.4: tangents, Jacobians, retention, angles ------------------------
 
 def projector_jacobians(project_fn, h, batch_size: int = 256, mode: str = "auto"):
   """G_x = ∂g/∂h for every row: project_fn maps one (D,) row to (K,); h: (N, D) -> (N, K, D).
@@ -79,7 +79,7 @@ def _top_right_singular(m, k: int):
 
 
 def sample_tangents(r_aug, k: int):
-  """Augmentation tangents from samples (spec §5.2): r_aug (N, M, D) -> (N, D, k) orthonormal.
+  """Augmentation tangents from samples (§14.2): r_aug (N, M, D) -> (N, D, k) orthonormal.
 
   Per sample, the top-k principal directions of its M augmented encodings.
   """
@@ -88,7 +88,7 @@ def sample_tangents(r_aug, k: int):
 
 
 def data_tangents_knn(h, k_neighbours: int = 20, dim: int = 4, batch_size: int = 512):
-  """Data-manifold tangents by local PCA (spec §5.3): h (N, D) -> (N, D, dim) orthonormal.
+  """Data-manifold tangents by local PCA (§14.3): h (N, D) -> (N, D, dim) orthonormal.
 
   Each row's neighbourhood is itself plus its `k_neighbours` Euclidean nearest rows, centred on
   the neighbourhood mean.
@@ -108,13 +108,13 @@ def data_tangents_knn(h, k_neighbours: int = 20, dim: int = 4, batch_size: int =
 
 
 def random_directions(key, num_samples: int, dim: int, k: int):
-  """Random orthonormal directions (num_samples, dim, k), the retention reference (spec §5.4)."""
+  """Random orthonormal directions (num_samples, dim, k), the retention reference (§14.4)."""
   q, _ = jnp.linalg.qr(jax.random.normal(key, (num_samples, dim, k)))
   return q
 
 
 def retention(G, U):
-  """ρ(U) = ‖G U‖²_F / (‖U‖²_F · ‖G‖²_F / D) per sample (spec §5.4); G (N, K, D), U (N, D, r) -> (N,).
+  """ρ(U) = ‖G U‖²_F / (‖U‖²_F · ‖G‖²_F / D) per sample (§14.4); G (N, K, D), U (N, D, r) -> (N,).
 
   1 means U is passed as well as a random direction would be on average; 0 means filtered out.
   """
@@ -154,10 +154,10 @@ def principal_angles(A, B) -> np.ndarray:
   return np.where(cos > np.sqrt(0.5), np.arcsin(sin), np.arccos(cos))
 
 
-# --- spec §4, §5.5: invariance diagnostics -----------------------------------------------------
+# --- docs/method.md §13.3, §14.5: invariance diagnostics -------------------------------------
 
 def invariance_ratio(r) -> float:
-  """IR = E_x tr Cov_α(r) / tr Cov_{x,α}(r) for r: (N inputs, M augmentations, d) (spec §5.5).
+  """IR = E_x tr Cov_α(r) / tr Cov_{x,α}(r) for r: (N inputs, M augmentations, d) (§14.5).
 
   0 for augmentation-invariant r, ≈1 when r ignores x. Population (ddof=0) covariances, so by the
   law of total variance IR ∈ [0, 1].
@@ -169,7 +169,7 @@ def invariance_ratio(r) -> float:
 
 
 def conditional_variance_sketch(key, r, num_probes: int = 10) -> float:
-  """InvCLR conditional variance E_x Var_α(εᵀ r̂), mean over Rademacher probes ε (spec §4).
+  """InvCLR conditional variance E_x Var_α(εᵀ r̂), mean over Rademacher probes ε (§13.3).
 
   r: (N, M, d); r̂ is r L2-normalised over d. In expectation over ε this is E_x tr Cov_α(r̂).
   """
@@ -181,7 +181,7 @@ def conditional_variance_sketch(key, r, num_probes: int = 10) -> float:
 
 
 def nuisance_decodability(train_r, train_alpha, test_r, test_alpha, l2: float = 1e-8) -> np.ndarray:
-  """α-decodability (spec §4): test MSE / Var(α) per nuisance dimension, 1 = undecodable.
+  """α-decodability (docs/method.md §13): test MSE / Var(α) per nuisance dimension, 1 = undecodable.
 
   Ridge regression with an unpenalised bias, minimising mean squared error + l2·‖W‖² in closed
   form in float64. train_r (N, d), train_alpha (N, P), test_r (M, d), test_alpha (M, P) -> (P,).
@@ -198,7 +198,7 @@ def nuisance_decodability(train_r, train_alpha, test_r, test_alpha, l2: float = 
   return np.mean((pred - test_y) ** 2, axis=0) / test_y.var(axis=0)
 
 
-# --- spec §5 "Output": one report per checkpoint -----------------------------------------------
+# --- docs/method.md §14: one report per checkpoint --------------------------------------------
 
 def _l2_normalize(x):
   x = np.asarray(x, np.float64)
@@ -207,7 +207,7 @@ def _l2_normalize(x):
 
 def geometry_report(h, z, *, jacobians=None, aug_tangents=None, data_tangents=None,
                     h_aug=None, z_aug=None, key=None, num_random: int | None = None) -> dict:
-  """Assembles the geometry probe for one checkpoint from precomputed arrays (spec §5).
+  """Assembles the geometry probe for one checkpoint from precomputed arrays (docs/method.md §14).
 
   Args:
     h: (N, D) encoder features; z: (N, K) projector outputs.

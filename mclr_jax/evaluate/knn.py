@@ -1,4 +1,4 @@
-"""k-nearest-neighbour accuracy on frozen features (manifoldclr spec §7 "kNN", `feat_knn_acc`).
+"""k-nearest-neighbour accuracy on frozen features (docs/method.md §8 "kNN", `feat_knn_acc`).
 
 Cosine similarity between L2-normalised test and train features, majority vote over the k most
 similar train rows. Ties are broken toward the tied class whose best-ranked neighbour is nearest
@@ -12,11 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-
-def _l2_normalize(x, eps=1e-12):
-  # Local copy: `mclr_jax.losses.l2_normalize` is written concurrently by another engineer.
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+from mclr_jax.losses import l2_normalize
 
 
 def knn_predict(query, train_x, train_y, k: int, num_classes: int):
@@ -41,12 +37,12 @@ def _batch_correct(query, query_y, train_x, train_y, k, num_classes):
 
 def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 5, num_classes: int | None = None,
                  batch_size: int = 1024) -> float:
-  """Fraction of test rows whose k-NN (cosine) majority vote equals their label (spec §7).
+  """Fraction of test rows whose k-NN (cosine) majority vote equals their label (docs/method.md §8).
 
   Args:
     train_x: (N, D) features; train_y: (N,) int labels.
     test_x: (M, D) features; test_y: (M,) int labels.
-    k: number of neighbours (spec §7: 5).
+    k: number of neighbours (docs/method.md §8: 5).
     num_classes: C; defaults to max label + 1.
     batch_size: test rows per similarity block (memory is batch_size × N).
 
@@ -57,8 +53,8 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 5, num_classes: int 
     raise ValueError(f"k={k} exceeds the number of train rows {len(train_x)}.")
   if num_classes is None:
     num_classes = int(max(np.max(train_y), np.max(test_y))) + 1
-  train_x = _l2_normalize(jnp.asarray(train_x, jnp.float32))
-  test_x = _l2_normalize(jnp.asarray(test_x, jnp.float32))
+  train_x = l2_normalize(jnp.asarray(train_x, jnp.float32))
+  test_x = l2_normalize(jnp.asarray(test_x, jnp.float32))
   train_y = jnp.asarray(train_y, jnp.int32)
   test_y = jnp.asarray(test_y, jnp.int32)
   correct = 0

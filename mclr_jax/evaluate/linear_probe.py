@@ -1,4 +1,4 @@
-"""Linear probe on frozen features (manifoldclr spec §7 "Linear probe").
+"""Linear probe on frozen features (docs/method.md §8 "Linear probe").
 
 Linear(D→C) with PyTorch's default initialisation, Adam with *coupled* L2 (torch's
 `Adam(weight_decay=wd)` adds wd·w to the gradient before the moment estimates), a per-epoch
@@ -20,7 +20,7 @@ from mclr_jax.models.linear import Linear
 
 
 def decay_gamma(lr: float, final_lr: float, num_epochs: int) -> float:
-  """Per-epoch factor γ with lr·γ^num_epochs = final_lr (spec §7: decay to 1e-6 after 500 epochs)."""
+  """Per-epoch factor γ with lr·γ^num_epochs = final_lr (docs/method.md §8.1: 1e-6 after 500)."""
   return (final_lr / lr) ** (1.0 / num_epochs)
 
 
@@ -87,15 +87,15 @@ def _fit(key, train_x, train_y, test_x, test_y, *, num_classes, num_epochs, step
 def fit_linear_probe(key, train_x, train_y, test_x, test_y, num_classes: int, *,
                      num_epochs: int = 500, batch_size: int = 1000, lr: float = 1e-2,
                      weight_decay: float = 5e-6, final_lr: float = 1e-6) -> dict:
-  """Trains a linear classifier on frozen features and evaluates it (spec §7).
+  """Trains a linear classifier on frozen features and evaluates it (docs/method.md §8).
 
   Args:
     key: PRNG key (initialisation and per-epoch shuffles).
     train_x: (N, D) features; train_y: (N,) int labels in [0, num_classes).
     test_x: (M, D) features; test_y: (M,) int labels.
     num_classes: C.
-    num_epochs, batch_size, lr, weight_decay, final_lr: spec §7 defaults (500, 1000, 1e-2, 5e-6,
-      1e-6). If N < batch_size the batch is the whole (shuffled) train set.
+    num_epochs, batch_size, lr, weight_decay, final_lr: docs/method.md §8.1 defaults (500, 1000,
+      1e-2, 5e-6, 1e-6). If N < batch_size the batch is the whole (shuffled) train set.
 
   Returns:
     dict with `top1`, `top5` (fractions in [0, 1] on the test set; top5 uses min(5, C)),

@@ -1,8 +1,8 @@
-"""Prior-augmentation nearest-neighbour accuracy (manifoldclr spec §7 "Prior-aug NN", `prior_aug_acc`).
+"""Prior-augmentation nearest-neighbour accuracy (docs/method.md §8.4, `prior_aug_acc`).
 
 Pick `num_queries` train features, augment each `num_augmentations` times with the caller's
 `augment_fn` (for ManifoldCLR: z ↦ transport(psi, c, z) with c drawn from the learned prior and
-clipped to [−1, 1]; the lead builds it so this file does not depend on the manifold internals), and
+clipped to [−1, 1]; built by the caller, so this file does not depend on the manifold code), and
 report the fraction of augmented features whose nearest train feature (Euclidean distance, the
 whole train set, the query itself included) carries the query's label. A prior that moves features
 off their class manifold drives this toward chance.
@@ -27,8 +27,8 @@ def prior_augmentation_nn_accuracy(key, train_x, train_y, augment_fn, num_querie
     key: PRNG key (query choice and augmentation noise).
     train_x: (N, D) features; train_y: (N,) int labels.
     augment_fn: callable (key, z (n, D)) -> (n, D).
-    num_queries: train rows to augment (spec §7: 20), drawn without replacement.
-    num_augmentations: augmentations per query (spec §7: 8).
+    num_queries: train rows to augment (docs/method.md §8: 20), drawn without replacement.
+    num_augmentations: augmentations per query (docs/method.md §8: 8).
 
   Returns:
     accuracy in [0, 1] as a Python float.

@@ -1,4 +1,4 @@
-"""Closed-form linear regression probe for Spirograph (spirograph spec §4).
+"""Closed-form linear regression probe for Spirograph (docs/method.md §13).
 
 The authors fit the probe with full-batch L-BFGS; the objective is quadratic, so we solve it exactly
 in float64 instead. For each target t (column of y) the objective is
@@ -8,7 +8,8 @@ in float64 instead. For each target t (column of y) the objective is
 i.e. mean squared error over samples plus l2 times the squared weights; targets decouple, and the
 solution equals scikit-learn `Ridge(alpha=l2·N, fit_intercept=True)`. (PyTorch's `MSELoss`, which also
 averages over the T targets, corresponds to l2·T here; at the paper's w = 1e-8 the difference is
-immaterial.) The same functions measure α-decodability (spec §4): 1 − R² = test MSE / Var(α).
+immaterial.) The same functions measure α-decodability (docs/method.md §13.3): 1 − R² = test MSE /
+Var(α).
 """
 
 from typing import Sequence
@@ -73,7 +74,7 @@ def regression_metrics(pred, target, names: Sequence[str]) -> dict:
 
 def spirograph_probe(train_x, train_theta, test_x, test_theta,
                      names: Sequence[str] = SPIROGRAPH_TARGETS, l2: float = 1e-8) -> dict:
-  """Spec §4 Spirograph probe: fit on (train_x (N, D), train_theta (N, T)), report test metrics.
+  """The Spirograph probe of docs/method.md §13.1: fit on (train_x, train_theta), report the test.
 
   θ is used raw (unstandardised), as in the paper; the headline number is "mse_mean". Returns the
   `regression_metrics` of the test set plus "train/mse_mean" and "train/r2_mean".

@@ -1,9 +1,9 @@
 """Evaluation of a trained (or training) model on frozen backbone features.
 
-Image datasets (spec §7): linear probe top-1/top-5, kNN (k = 5, cosine) and k-means purity on the
-probe-train and test splits, preprocessed without augmentation. Spirograph (spirograph spec §4): the
+Image datasets (docs/method.md §8): linear probe top-1/top-5, kNN (k = 5, cosine) and k-means purity on the
+probe-train and test splits, preprocessed without augmentation. Spirograph (docs/method.md §13): the
 closed-form linear regression probe on the 4 content targets, with and without test-time feature
-averaging (spirograph spec §3), for the trained encoder and a randomly initialised one.
+averaging (docs/method.md §12), for the trained encoder and a randomly initialised one.
 
 `make_periodic_eval` gives the training loop its `eval_fn(state, step) -> dict`; `final_report`
 runs once training ends and writes WORKDIR/results.json (Spirograph) or WORKDIR/eval.json.
@@ -59,7 +59,7 @@ def random_model(config) -> checkpoint.RestoredModel:
 
 def spirograph_features(model, params10: np.ndarray, key, num_copies: int = 1,
                         batch_size: int = 500) -> np.ndarray:
-  """Encoder features (N, D) of Spirograph draws, each pass rendered with a fresh α (spec §1: there
+  """Encoder features (N, D) of Spirograph draws, each pass rendered with a fresh α (docs/method.md §10: there
   is no untransformed input); num_copies > 1 averages the features over that many α draws (FA)."""
   data = model.config.data
   content = tuple(data.content)
@@ -76,7 +76,7 @@ def spirograph_features(model, params10: np.ndarray, key, num_copies: int = 1,
 
 
 def spirograph_targets(config, params10):
-  """The regression targets: the content parameters, raw (spirograph spec §4)."""
+  """The regression targets: the content parameters, raw (docs/method.md §13)."""
   theta, _ = spirograph.split_params(jnp.asarray(params10), tuple(config.data.content))
   return np.asarray(theta, np.float64)
 
@@ -93,7 +93,7 @@ def evaluate_spirograph(model, config, key, num_copies: int = 1, splits=None) ->
 
 
 def _spirograph_probe_train(config):
-  """The probe is fitted on the contrastive training θ (spec §1), capped for quick evaluation."""
+  """The probe is fitted on the contrastive training θ (docs/method.md §10), capped for quick evaluation."""
   train10 = spirograph_split(config.data, "train")
   cap = config.eval.max_train_examples
   return train10[:cap] if cap > 0 else train10
@@ -115,7 +115,7 @@ def _eval_arrays(name: str, data_dir: Optional[str], max_train: int, max_test: i
 
 
 def image_features(model, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-  """Backbone features (N, D) of uint8 images, with the dataset's eval preprocessing (spec §6)."""
+  """Backbone features (N, D) of uint8 images, with the dataset's eval preprocessing (docs/method.md §7)."""
   from mclr_jax.data import augment
   from mclr_jax.data.datasets import get_dataset_info
   info = get_dataset_info(model.config.data.name)
@@ -126,7 +126,7 @@ def image_features(model, images: np.ndarray, batch_size: int = 500) -> np.ndarr
 
 
 def evaluate_images(model, config, key, linear_epochs: Optional[int] = None) -> dict:
-  """Linear probe (top-1/top-5), kNN and clustering purity on frozen features (spec §7)."""
+  """Linear probe (top-1/top-5), kNN and clustering purity on frozen features (docs/method.md §8)."""
   from mclr_jax.data.datasets import get_dataset_info
   ev = config.eval
   (train_x, train_y), (test_x, test_y) = _eval_arrays(

@@ -1,15 +1,15 @@
-"""Semi-supervised classification on frozen features (manifoldclr spec §7 "Paper semi-supervised
+"""Semi-supervised classification on frozen features (docs/method.md §8 "Paper semi-supervised
 experiment").
 
 Per trial, `labels_per_class` labelled rows per class are drawn with the trial's seed; every other
 train row is unlabelled. An MLP D→hidden→LeakyReLU(0.01)→C is trained for `num_steps` steps on
 CE(labelled batch) + w·consistency(unlabelled batch), with Adam + coupled L2 (torch style), and its
-EMA copy (momentum 0.999) is evaluated on the test set. Consistency options (spec §7):
+EMA copy (momentum 0.999) is evaluated on the test set. Consistency options (docs/method.md §8):
 
 - "transport" / "none": FixMatch-style pseudo-labelling. pseudo = argmax softmax(clf(z_u)) (no
   gradient), kept where its probability exceeds `confidence`; CE(clf(aug(z_u)), pseudo) summed over
   kept rows and divided by the full unlabelled batch size. "transport" uses the caller's
-  `augment_fn(key, z (n, D)) -> (n, D)` (the lead passes z ↦ transport(psi, c ~ prior(z), z) with
+  `augment_fn(key, z (n, D)) -> (n, D)` (the evaluation suite passes z ↦ transport(psi, c ~ prior(z), z) with
   λ = 0); "none" uses the identity (plain pseudo-labelling).
 - "mixup" ("MMICT"): λ ~ Beta(0.5, 0.5) per row, z_mix = λ z_u + (1−λ) z_u[perm]; the target is the
   same mix of the EMA classifier's softmaxes; MSE on probabilities, averaged over rows and classes.
@@ -36,7 +36,7 @@ AUGMENTATIONS = ("transport", "mixup", "none")
 
 
 class Classifier(nn.Module):
-  """MLP (..., D) -> (..., num_classes) with one hidden layer and LeakyReLU(0.01) (spec §7)."""
+  """MLP (..., D) -> (..., num_classes), one hidden layer, LeakyReLU(0.01) (docs/method.md §8.5)."""
   num_classes: int
   hidden_dim: int = 2048
 
@@ -95,7 +95,7 @@ def _run_trial(trial_key, train_x, train_y, test_x, test_y, *, model, augment_fn
     pseudo = jnp.argmax(probs, axis=-1)
     mask = jnp.max(probs, axis=-1) > confidence
     z_aug = z_u if augmentation == "none" else jax.lax.stop_gradient(augment_fn(key, z_u))
-    # Sum over confident rows / full batch size (spec §7), not a mean over the kept rows.
+    # Sum over confident rows / full batch size (docs/method.md §8), not a mean over the kept rows.
     return jnp.sum(mask * _cross_entropy(model.apply(p, z_aug), pseudo)) / z_u.shape[0]
 
   def loss_fn(p, ema_p, step_key):
@@ -150,7 +150,7 @@ def run_semi_supervised(key_or_seeds, train_x, train_y, test_x, test_y, num_clas
                         consistency_weight: float = 1.0, confidence: float = 0.95,
                         augmentation: str = "transport", augment_fn: Callable | None = None,
                         hidden_dim: int = 2048, trials_per_batch: int | None = None) -> dict:
-  """Runs `num_trials` semi-supervised trials on frozen features (spec §7 paper experiment).
+  """Runs `num_trials` semi-supervised trials on frozen features (docs/method.md §8.5).
 
   Args:
     key_or_seeds: a sequence of int seeds (trial t uses PRNGKey(seeds[t]) for its label split, init
@@ -164,7 +164,7 @@ def run_semi_supervised(key_or_seeds, train_x, train_y, test_x, test_y, num_clas
     augment_fn: callable (key, z (n, D)) -> (n, D), traced inside the jitted step (must be JAX-pure).
     hidden_dim: MLP width (paper: 2048).
     trials_per_batch: trials vmapped together per compiled call (None = all), to bound memory.
-    Others: spec §7 values as defaults.
+    Others: docs/method.md §8 values as defaults.
 
   Returns:
     dict(mean, std, accuracies (num_trials,), test_loss (num_trials,)): accuracies in [0, 1] and
@@ -220,7 +220,7 @@ def _run(key_or_seeds, train_x, train_y, test_x, test_y, num_classes, *, labels_
 
 def run_supervised_baseline(key_or_seeds, train_x, train_y, test_x, test_y, num_classes: int,
                             **kwargs) -> dict:
-  """Supervised-only baseline (spec §7: "None" with consistency weight 0).
+  """Supervised-only baseline (docs/method.md §8: "None" with consistency weight 0).
 
   Same arguments and trial seeds as `run_semi_supervised`; the unlabelled branch is not computed at
   all (rather than multiplied by 0), which is what makes it a cheap baseline.

@@ -1,5 +1,5 @@
 """The evaluation suite behind `python -m mclr_jax.evaluate`: every downstream number and figure of
-one restored checkpoint (manifoldclr spec §7, spirograph spec §3–§5, geometry spec §5).
+one restored checkpoint (docs/method.md §8, §12–§14).
 
 `run_suite(model, suites, key, out_dir)` runs the named parts on frozen backbone features:
 
@@ -10,7 +10,7 @@ one restored checkpoint (manifoldclr spec §7, spirograph spec §3–§5, geomet
                    (ManifoldCLR only)
   semi_supervised  the paper's semi-supervised experiment: transport (ManifoldCLR only), mixup and
                    none consistency, plus the supervised baseline; mean ± std over trials
-  feature_average  test-time feature averaging over M random views, then the probe (spirograph §3)
+  feature_average  test-time feature averaging over M random views, then the probe (docs/method.md §12)
   geometry         the cheap geometry report: spectra + projector-Jacobian retention
   figures          operator orbits, coefficient usage and operator spectra (ManifoldCLR only), and
                    the encoder/projector feature spectra (always)
@@ -42,7 +42,7 @@ from mclr_jax.train.data import spirograph_split
 SUITES = ("probe", "knn", "cluster", "semi_supervised", "prior_aug", "feature_average", "geometry",
           "figures")
 DEFAULT_SUITES = ("probe", "knn", "cluster", "prior_aug", "figures")
-# The prior is queried "fully warmed up" (spec §2: inference uses a late step).
+# The prior is queried "fully warmed up" (docs/method.md §3: inference uses a late step).
 _LATE_STEP = 10 ** 8
 
 
@@ -52,8 +52,8 @@ class SuiteOptions:
   linear_epochs: Optional[int] = None
   semi_supervised_trials: Optional[int] = None
   semi_supervised_steps: Optional[int] = None
-  semi_supervised_hidden: int = 2048  # spec §7: MLP 512→2048→C
-  labels_per_class: int = 5  # spec §7
+  semi_supervised_hidden: int = 2048  # docs/method.md §8: MLP 512→2048→C
+  labels_per_class: int = 5  # docs/method.md §8
   feature_average_copies: Optional[int] = None
   geometry_points: int = 256  # rows whose projector Jacobian is computed
   num_classes: Optional[int] = None  # default: the dataset's, or max label + 1 for injected data
@@ -70,7 +70,7 @@ def parse_suites(text: str) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------------------------
-# ManifoldCLR pieces (spec §1, §2, §7)
+# ManifoldCLR pieces (docs/method.md §2, §3, §8)
 # --------------------------------------------------------------------------------------------
 
 def _require_operators(model):
@@ -85,7 +85,7 @@ def _prior_fn(model):
 
 
 def transport_augment_fn(model, threshold: float = 0.0, clip: Optional[float] = None):
-  """The transport augmentation (key, z (n, D)) -> (n, D), a pure JAX function (spec §7).
+  """The transport augmentation (key, z (n, D)) -> (n, D), a pure JAX function (docs/method.md §8).
 
   c ~ the learned prior p(c | z) at a late step (fully warmed up), soft-thresholded with λ =
   `threshold` (0 for the semi-supervised experiment: "thresholding disabled"), optionally clipped
@@ -246,13 +246,13 @@ def _image_suite(model, suites, keys, data, options, fig_dir):
     results["knn"] = {"knn_acc": float(knn.knn_accuracy(f_train, train_y, f_test, test_y,
                                                          k=ev.knn_k, num_classes=num_classes))}
   if "cluster" in suites:
-    # spec §7: 10 clusters for every dataset, on up to 5000 evenly spaced test features.
+    # docs/method.md §8: 10 clusters for every dataset, on up to 5000 evenly spaced test features.
     results["cluster"] = {"cluster_purity": clustering.cluster_purity(
         f_test, test_y, num_clusters=10, num_points=min(5000, len(f_test)))}
   is_manifold = model.psi is not None
   if "prior_aug" in suites:
     if is_manifold:
-      augment = transport_augment_fn(model, clip=1.0)  # spec §7: coefficients clipped to [−1, 1]
+      augment = transport_augment_fn(model, clip=1.0)  # docs/method.md §8: coefficients clipped to [−1, 1]
       results["prior_aug"] = {"prior_aug_acc": prior_augmentation.prior_augmentation_nn_accuracy(
           keys["prior_aug"], f_train, train_y, augment, num_queries=min(20, len(f_train)))}
     else:
@@ -280,10 +280,10 @@ def _linear_probe(key, f_train, train_y, f_test, test_y, num_classes, ev, option
 
 def _semi_supervised(model, key, f_train, train_y, f_test, test_y, num_classes, options,
                      fig_dir) -> dict:
-  """spec §7 paper experiment: transport / mixup / none consistency and the supervised baseline."""
+  """docs/method.md §8 paper experiment: transport / mixup / none consistency and the supervised baseline."""
   ev = model.config.eval
   trials = options.semi_supervised_trials or ev.semi_supervised_trials
-  seeds = range(int(trials))  # spec §7: seed = trial index
+  seeds = range(int(trials))  # docs/method.md §8: seed = trial index
   common = dict(labels_per_class=options.labels_per_class,
                 num_steps=int(options.semi_supervised_steps or ev.semi_supervised_steps),
                 hidden_dim=options.semi_supervised_hidden)
@@ -305,7 +305,7 @@ def _semi_supervised(model, key, f_train, train_y, f_test, test_y, num_classes, 
 
 
 def _averaged_image_features(model, images, key, copies: int, batch_size: int = 500) -> np.ndarray:
-  """Backbone features averaged over `copies` SimCLR views of each image (spirograph spec §3)."""
+  """Backbone features averaged over `copies` SimCLR views of each image (docs/method.md §12)."""
   from mclr_jax.data import augment
   from mclr_jax.data.datasets import get_dataset_info
   from mclr_jax.invariance import averaging
@@ -329,7 +329,7 @@ def _averaged_image_features(model, images, key, copies: int, batch_size: int = 
 
 
 def _geometry(model, h, key) -> dict:
-  """Cheap geometry report (geometry spec §5): spectra and projector-Jacobian retention."""
+  """Cheap geometry report (docs/method.md §14): spectra and projector-Jacobian retention."""
   h = np.asarray(h, np.float32)
   projector = model.networks.projector
   variables = {"params": model.params["projector"], "batch_stats": model.batch_stats["projector"]}

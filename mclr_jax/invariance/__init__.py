@@ -1,6 +1,6 @@
 """Invariance tools of Foster et al. (ICLR 2021): the gradient penalty and test-time averaging.
 
-See spirograph spec §2 (`gradient_penalty`) and §3 (`feature_average`, `augmentation_ensemble`).
+See docs/method.md §11 (`gradient_penalty`) and §12 (`feature_average`, `augmentation_ensemble`).
 """
 
 from mclr_jax.invariance.averaging import augmentation_ensemble, feature_average

@@ -1,4 +1,4 @@
-"""Test-time feature averaging and augmentation ensembling (spirograph spec §3).
+"""Test-time feature averaging and augmentation ensembling (docs/method.md §12).
 
 Feature averaging (FA) replaces f(x) by h̄(x) = (1/M) Σ_m f(t(x, α_m)) with α_m i.i.d. from the
 training augmentation distribution; a fresh linear probe is then fitted on h̄ for both the
@@ -27,7 +27,7 @@ def _scan_mean(fn: Callable[[jax.Array], jax.Array], key: jax.Array, num_copies:
 
 def feature_average(encode_fn: Callable[[jax.Array], jax.Array], view_fn: ViewFn,
                     key: jax.Array, x: jax.Array, num_copies: int) -> jax.Array:
-  """h̄(x) = mean over M = num_copies of encode_fn(view_fn(key_m, x)) (spec §3).
+  """h̄(x) = mean over M = num_copies of encode_fn(view_fn(key_m, x)) (docs/method.md §12).
 
   encode_fn: views -> (B, d), the raw encoder output (not normalised, not the projector).
   view_fn: (key, x) -> one random view of the batch x (e.g. `spirograph.random_view(...)[0]`).
@@ -38,7 +38,7 @@ def feature_average(encode_fn: Callable[[jax.Array], jax.Array], view_fn: ViewFn
 
 def augmentation_ensemble(predict_fn: Callable[[jax.Array], jax.Array], view_fn: ViewFn,
                           key: jax.Array, x: jax.Array, num_copies: int) -> jax.Array:
-  """Class probabilities averaged over M random views (spec §3, the comparison to FA).
+  """Class probabilities averaged over M random views (docs/method.md §12, the comparison to FA).
 
   predict_fn: views -> logits (B, C). Returns mean_m softmax(logits_m), (B, C).
   """

@@ -1,4 +1,4 @@
-"""The gradient-penalty invariance regulariser of Foster et al. (ICLR 2021), spirograph spec §2.
+"""The gradient-penalty invariance regulariser of Foster et al. (ICLR 2021), docs/method.md §11.
 
 The penalty sketches the conditional variance Var_α[h(t(x, α)) | x] by its first-order Taylor
 expansion, ‖J_α (α′ − α)‖², with J_α = ∂r/∂α never formed: one vector–Jacobian product against a
@@ -23,7 +23,7 @@ def sample_rademacher(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
 
 
 def _representation(features_fn: FeaturesFn, normalize: bool):
-  """α -> (r, (h, aux)), r = h/‖h‖ (spec §2 step 1, the default) or h."""
+  """α -> (r, (h, aux)), r = h/‖h‖ (docs/method.md §11 step 1, the default) or h."""
   def fn(alpha):
     h, aux = features_fn(alpha)
     r = h * jax.lax.rsqrt(jnp.maximum(jnp.sum(h * h, -1, keepdims=True), 1e-24)) if normalize else h
@@ -34,23 +34,23 @@ def _representation(features_fn: FeaturesFn, normalize: bool):
 def gradient_penalty(features_fn: FeaturesFn, alpha: jax.Array, alpha_prime: jax.Array,
                      key: jax.Array, *, clip: float, normalize: bool = True
                      ) -> tuple[jax.Array, jax.Array, Any]:
-  """Single-probe Monte-Carlo gradient penalty P of spec §2 (view 1 only).
+  """Single-probe Monte-Carlo gradient penalty P of docs/method.md §11 (view 1 only).
 
   features_fn: alpha (B, p) -> (h (B, d), aux); aux (e.g. updated BatchNorm stats) comes from
     the same forward pass, so the caller threads BN state once.
   alpha: (B, p) the nuisance of view 1. alpha_prime: (L, B, p) fresh draws from p(α).
   key: draws the Rademacher probe ε (B, d).
-  clip: U; P = min(U, mean_{l,i} (g_iᵀ(α′_{l,i} − α_i))²), clipped on the batch mean (spec §2.5).
+  clip: U; P = min(U, mean_{l,i} (g_iᵀ(α′_{l,i} − α_i))²), clipped on the batch mean (§11.2).
   normalize: penalise ĥ = h/‖h‖ (the paper's default) instead of h.
   Returns (P (), h (B, d) un-normalised, aux). g is computed with `jax.vjp`, which stays
-  differentiable, so `jax.grad` of a loss using P w.r.t. the network is second order (spec §2.3).
+  differentiable, so `jax.grad` of a loss using P w.r.t. the network is second order (§11.2).
   """
   if alpha_prime.ndim != alpha.ndim + 1 or alpha_prime.shape[1:] != alpha.shape:
     raise ValueError(f"alpha_prime has shape {alpha_prime.shape}; expected (L,) + alpha.shape = "
                      f"(L, {', '.join(map(str, alpha.shape))}).")
   r, vjp_fn, (h, aux) = jax.vjp(_representation(features_fn, normalize), alpha, has_aux=True)
   eps = sample_rademacher(key, r.shape, r.dtype)
-  # S = Σ_i ε_iᵀ r_i, so ∂S/∂α_i = J_iᵀ ε_i (plus BatchNorm's small cross-sample terms, spec §2).
+  # S = Σ_i ε_iᵀ r_i, so ∂S/∂α_i = J_iᵀ ε_i (plus BatchNorm's small cross-sample terms, §11.2).
   (g,) = vjp_fn(eps)
   projections = jnp.sum(g * (alpha_prime - alpha), axis=-1)  # (L, B)
   penalty = jnp.minimum(clip, jnp.mean(projections ** 2))
@@ -59,8 +59,7 @@ def gradient_penalty(features_fn: FeaturesFn, alpha: jax.Array, alpha_prime: jax
 
 def exact_penalty(features_fn: FeaturesFn, alpha: jax.Array, alpha_prime: jax.Array,
                   normalize: bool = True) -> jax.Array:
-  """Deterministic mean_{l,i} ‖J_i (α′_{l,i} − α_i)‖², one `jax.jvp` per displacement (spec §2
-  variant; unclipped). The expectation of `gradient_penalty` over ε for encoders without
+  """Deterministic mean_{l,i} ‖J_i (α′_{l,i} − α_i)‖², one `jax.jvp` per displacement (unclipped). The expectation of `gradient_penalty` over ε for encoders without
   cross-sample coupling (BatchNorm in eval mode); for tests and diagnostics.
 
   alpha: (B, p); alpha_prime: (L, B, p) -> ().

@@ -1,4 +1,4 @@
-"""ManifoldCLR's Lie group operators, coefficient posterior/prior and KL (spec §1, §2, §9)."""
+"""ManifoldCLR's Lie group operators, coefficient posterior/prior and KL (docs/method.md §2, §3)."""
 
 from mclr_jax.manifold.best_of_j import select_best_of_j
 from mclr_jax.manifold.coefficients import (laplace_kl, laplace_noise, laplace_sample,

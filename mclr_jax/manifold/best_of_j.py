@@ -1,4 +1,4 @@
-"""Best-of-J ("max ELBO") coefficient sampling (spec §2).
+"""Best-of-J ("max ELBO") coefficient sampling (docs/method.md §3).
 
 Of J posterior samples per example, keep the one whose transport best maps z0 onto z1. The choice
 is made under stop-gradient; the caller recomputes c with gradient from the returned noise.
@@ -24,7 +24,7 @@ def select_best_of_j(psi, uniform_noise, mu, log_scale, z0, z1, threshold, l1_pe
     psi: (M, K, b, b) operator dictionary.
     uniform_noise: (J, B, M) draws u_j in (−½, ½).
     mu, log_scale: (B, M) posterior parameters.
-    z0, z1: (B, D) detached encoder inputs (spec §2: source and target of the transport).
+    z0, z1: (B, D) detached encoder inputs (docs/method.md §3: source and target of the transport).
     threshold: λ of the soft threshold.
     l1_penalty: weight of ‖c_j‖₁ in the selection score (0 in the paper's configs).
     method: "action" (exp(A) z0 by `expm_action`, without forming J·B·K exponentials), or

@@ -1,4 +1,4 @@
-"""Laplace coefficient sampling, soft threshold with straight-through, and the Laplace KL (spec §2).
+"""Laplace sampling, soft threshold with straight-through, and the Laplace KL (docs/method.md §3).
 
 The posterior q(c | z0, z1) and prior p(c | z0) are factorised Laplace distributions over the M
 coefficients, parameterised by a location μ and a log-scale log b.
@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Floor on the argument of the log in the inverse CDF (spec §2, §9.4): |ε| ≤ −log(1e-6)·b ≈ 13.8 b.
+# Floor on the argument of the log in the inverse CDF (docs/method.md §3.3):
+# |ε| ≤ −log(1e-6)·b ≈ 13.8 b.
 _LOG_ARG_FLOOR = 1e-6
 # exp() arguments in the KL are clipped here so that b → 0 gives a huge but finite 1/b instead of
 # inf (and 0·inf = NaN when μ_q = μ_p). e^80 ≈ 5.5e34 fits float32; for b ≥ e^-80 nothing changes.
@@ -16,7 +17,7 @@ _KL_EXP_CLIP = 80.0
 
 
 def laplace_noise(uniform_noise, log_scale):
-  """Reparameterised Laplace(0, b) noise ε = −b·sign(u)·log(max(1 − 2|u|, 1e-6)) (spec §2).
+  """Reparameterised Laplace(0, b) noise ε = −b·sign(u)·log(max(1 − 2|u|, 1e-6)) (§3.3).
 
   Args:
     uniform_noise: u in (−½, ½), shape broadcastable with log_scale (e.g. (J, B, M) vs (B, M)).
@@ -31,7 +32,7 @@ def laplace_noise(uniform_noise, log_scale):
 
 
 def soft_threshold_straight_through(mu, eps, threshold):
-  """Value of the thresholded sample with the gradient of the dense one (spec §2, §9.1).
+  """Value of the thresholded sample with the gradient of the dense one (docs/method.md §3, §15.1).
 
   Forward: 0 where |ε| ≤ λ, else μ + sign(ε)(|ε| − λ) — the threshold acts on the noise, and the
   location μ is added back only on the entries that survive. Backward: the gradient of μ + ε on
@@ -52,7 +53,7 @@ def soft_threshold_straight_through(mu, eps, threshold):
 
 
 def laplace_sample(uniform_noise, mu, log_scale, threshold=0.0):
-  """c = μ + ε, ε ~ Laplace(0, b), optionally soft-thresholded with straight-through (spec §2).
+  """c = μ + ε, ε ~ Laplace(0, b), optionally soft-thresholded with straight-through (§3.3, §3.4).
 
   Args:
     uniform_noise: u in (−½, ½) with mu's shape (..., M) or an extra leading J axis (J, ..., M).
@@ -89,11 +90,11 @@ def sample_coefficients(key, mu, log_scale, threshold=0.0, num_samples=None):
 
 
 def laplace_kl(mu_q, log_scale_q, mu_p, log_scale_p):
-  """KL(Laplace(μ_q, b_q) ‖ Laplace(μ_p, b_p)) in closed form, summed over M (spec §2 "KL term").
+  """KL(Laplace(μ_q, b_q) ‖ Laplace(μ_p, b_p)) in closed form, summed over M (docs/method.md §3.7).
 
   Per coefficient, with Δ = |μ_q − μ_p|:
     KL = Δ/b_p + log b_p − log b_q − 1 + (b_q/b_p)·exp(−Δ/b_q).
-  Ignores the threshold, as the reference does (spec §9.1).
+  Ignores the threshold, as the reference does (docs/method.md §15.1).
 
   Args:
     mu_q, log_scale_q: (..., M) posterior parameters.

@@ -1,4 +1,4 @@
-"""Matrix exponentials for the transport operators (spec §1, §9.3).
+"""Matrix exponentials for the transport operators (docs/method.md §2, §9).
 
 Two ways to get exp(A) for a batch of small matrices A (..., n, n):
 
@@ -14,8 +14,8 @@ Two ways to get exp(A) for a batch of small matrices A (..., n, n):
   carries the union of all branches' residuals; the custom VJP compiles in about a second and keeps
   only A as residual. Forward-mode (jvp) is not supported by a custom VJP.
 * `expm(a, method="pade")`: `jax.scipy.linalg.expm` (Padé + LU solve). Kept as a reference; it
-  returns NaN when more than 16 squarings are needed (‖A‖₁ > 5.4·2^17), spec §9.3, and in float32
-  it is less accurate on rotation-like generators (measured relative error 1.6e-3 at ‖A‖₁ = 100
+  returns NaN when more than 16 squarings are needed (‖A‖₁ > 5.4·2^17, docs/method.md §9.4), and in
+  float32 it is less accurate on rotation-like generators (measured relative error 1.6e-3 at ‖A‖₁ = 100
   against 2e-6 for "taylor"; see tests/manifold/test_operators.py).
 
 `expm_action(a, v)` computes exp(A) v without forming exp(A) (truncated Taylor on A/num_steps,
@@ -138,8 +138,8 @@ def _expm_taylor(a):
 def _expm_taylor_fwd(a):
   s = num_squarings(a)
   out = _taylor_expm_with_s(a, s)
-  # Spec §9.3 NaN guard: a non-finite A must give NaN, not a plausible-looking finite matrix (the
-  # training loop watches for NaN). The norm is over the whole batch, so one bad entry poisons all.
+  # NaN guard (docs/method.md §9.2): a non-finite A must give NaN, not a plausible-looking finite
+  # matrix (the training loop watches for NaN). The norm is over the whole batch, so one bad entry poisons all.
   out = jnp.where(jnp.isfinite(jnp.sum(a)), out, jnp.nan)
   return out, (a, s)
 

@@ -1,4 +1,4 @@
-"""Coefficient posterior q(c | z0, z1) and learned prior p(c | z0) networks (spec §2).
+"""Coefficient posterior q(c | z0, z1) and learned prior p(c | z0) networks (docs/method.md §3).
 
 Both output the Laplace parameters (μ, log b) of M coefficients from stop-gradiented backbone
 features: the encoder and prior are trained only through the KL, transport and augmentation
@@ -18,7 +18,7 @@ _LEAKY_SLOPE = 0.01
 
 
 class _MLPTrunk(nn.Module):
-  """Linear → LeakyReLU(0.01) → ... → Linear, no activation after the last layer (spec §2)."""
+  """Linear → LeakyReLU(0.01) → ... → Linear, no activation after the last (docs/method.md §3.1)."""
   hidden_dims: Sequence[int]
   dtype: Any = jnp.float32
 
@@ -32,7 +32,7 @@ class _MLPTrunk(nn.Module):
 
 
 class CoefficientEncoder(nn.Module):
-  """Posterior network q(c | sg z0, sg z1) (spec §2 "Posterior network").
+  """Posterior network q(c | sg z0, sg z1) (docs/method.md §3 "Posterior network").
 
   Input concat[sg z0, sg z1]; trunk h; heads s, t = Linear(M)(h);
   log b_q = clip(s, −100, 3) + log(scale_prior), μ_q = clip(t, −5, 5) + shift_prior.
@@ -63,11 +63,11 @@ class CoefficientEncoder(nn.Module):
 
 
 class CoefficientPrior(nn.Module):
-  """Learned prior p(c | sg z0) with hyperprior warm-up (spec §2 "Learned prior").
+  """Learned prior p(c | sg z0) with hyperprior warm-up (docs/method.md §3 "Learned prior").
 
   log b̃ = min(s, 3) + log(scale_prior), μ̃ = clip(t, −5, 5); with w = min(step/warmup_steps, 1):
   log b_p = w·log b̃ + (1−w)·log(scale_prior), μ_p = w·μ̃ + (1−w)·shift_prior·sign(sg(w·μ̃)),
-  so μ_p = 0 exactly at step 0 (spec §9.9: mixing in log-space, detached sign).
+  so μ_p = 0 exactly at step 0 (docs/method.md §15.9: mixing in log-space, detached sign).
 
   Attributes:
     num_operators: M.

@@ -1,4 +1,4 @@
-"""The Lie group operator dictionary Ψ and the transport z ↦ expm(Σ_m c_m Ψ_m) z (spec §1).
+"""The operator dictionary Ψ and the transport z ↦ expm(Σ_m c_m Ψ_m) z (docs/method.md §2).
 
 Ψ has shape (M, K, b, b): M dictionary elements, each block-diagonal with K = D / b blocks of size
 b × b. Block k acts on the contiguous feature dims [b·k, b·k + b), and one coefficient vector
@@ -16,7 +16,7 @@ _OPERATOR_KINDS = ("stable", "gaussian")
 
 def init_operators(key, num_operators, feature_dim, block_dim, kind="stable", real_range=1e-4,
                    imag_range=6.0):
-  """Initial dictionary Ψ (spec §1 "Initialisation").
+  """Initial dictionary Ψ (docs/method.md §2 "Initialisation").
 
   kind="stable": for every (m, k), r ~ U(−real_range/2, real_range/2) and
   ω ~ U(−imag_range/2, imag_range/2); Ψ[m, k] is block-diagonal with b/2 copies of
@@ -75,10 +75,10 @@ def generator(psi, coeffs):
 
 
 def transport(psi, coeffs, z, method="taylor"):
-  """ẑ = T(c) z with T(c) = expm(A(c)) applied block-wise (spec §1 "Forward").
+  """ẑ = T(c) z with T(c) = expm(A(c)) applied block-wise (docs/method.md §2 "Forward").
 
-  Computed in (at least) float32 whatever z's dtype (spec §1: the exponential stays float32 even
-  under mixed precision); the result is cast back to z's dtype.
+  Computed in (at least) float32 whatever z's dtype (docs/method.md §2.2: the exponential stays
+  float32 even under mixed precision); the result is cast back to z's dtype.
 
   Args:
     psi: (M, K, b, b) operator dictionary.

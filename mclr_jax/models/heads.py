@@ -1,4 +1,4 @@
-"""The projection head g applied to backbone features before the contrastive loss (spec §5)."""
+"""The projection head g between backbone features and the contrastive loss (docs/method.md §6)."""
 
 from typing import Any
 
@@ -10,12 +10,12 @@ from mclr_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 HEAD_KINDS = ("mlp", "linear", "none", "direct")
 
-# spec §5 "Direct": the identity followed by keeping the first 64 feature dimensions.
+# docs/method.md §6 "Direct": the identity followed by keeping the first 64 feature dimensions.
 DIRECT_DIM = 64
 
 
 class ProjectionHead(nn.Module):
-  """Projection head g of SimCLR / ManifoldCLR (spec §5).
+  """Projection head g of SimCLR / ManifoldCLR (docs/method.md §6).
 
   Kinds:
     "mlp": Linear(→hidden_dim) → BatchNorm1d → ReLU → Linear(→output_dim), no final BN (the paper's
@@ -24,8 +24,8 @@ class ProjectionHead(nn.Module):
     "none": the identity.
     "direct": the identity, then the first 64 dimensions.
 
-  All Linear layers use PyTorch's default init (spec §5). `__call__(h (B, D), train)` -> (B, out)
-  float32, out = output_dim, D or 64. In train mode the MLP's BN uses batch statistics and updates
+  All Linear layers use PyTorch's default init. `__call__(h (B, D), train)` -> (B, out) float32,
+  out = output_dim, D or 64. In train mode the MLP's BN uses batch statistics and updates
   `batch_stats` (pass `mutable=["batch_stats"]`); in eval mode it uses the running statistics.
   """
   kind: str = "mlp"
@@ -38,7 +38,7 @@ class ProjectionHead(nn.Module):
   def __call__(self, h, train: bool):
     if self.kind == "mlp":
       y = Linear(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden")(h)
-      # spec §5: BatchNorm1d(hidden) with PyTorch momentum 0.1 / eps 1e-5; statistics in float32.
+      # BatchNorm1d(hidden) with PyTorch momentum 0.1 / eps 1e-5; statistics in float32.
       y = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                        dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(y)
       y = nn.relu(y)

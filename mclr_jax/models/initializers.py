@@ -1,4 +1,4 @@
-"""Initialisers that reproduce PyTorch's defaults (spec §5).
+"""Initialisers that reproduce PyTorch's defaults (docs/method.md §6).
 
 The reference implementation leaves every `nn.Linear` at PyTorch's default initialisation,
 U(-1/sqrt(fan_in), +1/sqrt(fan_in)) for both weight and bias, and keeps torchvision's

@@ -1,4 +1,4 @@
-"""A Dense layer with PyTorch's default initialisation (spec §5: 'Linear layers everywhere')."""
+"""A Dense layer with PyTorch's default initialisation (docs/method.md §6)."""
 
 from typing import Any
 

@@ -1,4 +1,4 @@
-"""The ResNet backbone: torchvision's BasicBlock ResNet with a 3×3 stem (spec §5).
+"""The ResNet backbone: torchvision's BasicBlock ResNet with a 3×3 stem (docs/method.md §6).
 
 The reference uses torchvision's ResNet-18 with random init, `fc` replaced by the identity and
 `conv1` replaced by a fresh 3×3 stride-1 convolution. On 32 px images (CIFAR) the max-pool is removed;
@@ -20,12 +20,12 @@ import jax.numpy as jnp
 
 from mclr_jax.models.initializers import conv_kernel
 
-# spec §5: PyTorch BN momentum 0.1 is Flax momentum 0.9 (weight on the old running value).
+# docs/method.md §6: PyTorch BN momentum 0.1 is Flax momentum 0.9 (weight on the old running value).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-# spec §5: the replacement conv1 keeps PyTorch's default Conv2d init, kaiming_uniform(a=√5), which is
-# U(±1/sqrt(fan_in)), i.e. variance 1/(3·fan_in).
+# docs/method.md §6: the replacement conv1 keeps PyTorch's default Conv2d init,
+# kaiming_uniform(a=√5), which is U(±1/sqrt(fan_in)), i.e. variance 1/(3·fan_in).
 stem_kernel = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 STEMS = ("cifar", "imagenet64")
@@ -62,7 +62,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """BasicBlock ResNet backbone with a 3×3 stem and no classifier (spec §5).
+  """BasicBlock ResNet backbone with a 3×3 stem and no classifier (docs/method.md §6).
 
   Attributes:
     stage_sizes: blocks per stage; stage s has width·2^s channels and stride 2 from stage 2 on.
@@ -95,7 +95,7 @@ class ResNet(nn.Module):
                      dtype=self.dtype, param_dtype=self.param_dtype, name="stem_bn")(x)
     x = nn.relu(x)
     if self.stem == "imagenet64":
-      # spec §5: STL-10 / TinyImageNet keep torchvision's max-pool (3×3, stride 2, padding 1).
+      # STL-10 / TinyImageNet keep torchvision's max-pool (3×3, stride 2, padding 1), §6.
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):

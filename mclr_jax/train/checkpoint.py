@@ -97,7 +97,7 @@ class RestoredModel:
 
   encode(images (N, H, W, 3) float, preprocessed) -> (N, D) backbone features, eval-mode BN;
   project(h (N, D)) -> (N, K) projector outputs; prior(z (N, D)) -> (μ_p, log b_p) (N, M), fully
-  warmed-up (spec §2: inference calls the prior with a late step); psi (M, K, b, b) or None.
+  warmed-up (docs/method.md §3.2); psi (M, K, b, b) or None.
   """
   config: ml_collections.ConfigDict
   step: int

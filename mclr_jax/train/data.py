@@ -26,7 +26,7 @@ class TrainData:
 
 
 def spirograph_split(data: ml_collections.ConfigDict, split: str) -> np.ndarray:
-  """All 10 parameters of the seeded train or test draws, (N, 10) float32 (spirograph spec §1)."""
+  """All 10 parameters of the seeded train or test draws, (N, 10) float32 (docs/method.md §10)."""
   n = data.num_train if split == "train" else data.num_test
   key = jax.random.fold_in(jax.random.key(data.seed), 0 if split == "train" else 1)
   with jax.default_device(jax.devices("cpu")[0]):

@@ -1,13 +1,13 @@
 """The training objectives as one pure function of (params, batch_stats, batch, rng, step).
 
-SimCLR: NT-Xent(ĝ(z0), ĝ(z1)) with the projector run on concat[z0; z1] (spec §3).
-ManifoldCLR (spec §0):
-  z0, z1 = f(x0), f(x1)                            backbone run per view (own BN statistics, §9.8)
+SimCLR: NT-Xent(ĝ(z0), ĝ(z1)) with the projector run on concat[z0; z1] (docs/method.md §4).
+ManifoldCLR (docs/method.md §1):
+  z0, z1 = f(x0), f(x1)                            backbone run per view (own BN statistics, §15.8)
   (μ_q, b_q) = q(sg z0, sg z1); (μ_p, b_p) = p(sg z0, step)
   c ~ q (soft threshold + straight-through; best-of-J from `best_of_j_start`)
   ẑ1 = T(c) z0;  z0_aug = T(c0) z0 with c0 ~ p     z0 is not detached (the backbone learns from both)
   loss = contrastive(g(z0_aug), g(z1)) + w_TO·MSE(ẑ1, sg z1) + w_KL(t)·KL(q‖p) + w_L2·‖μ_q‖²
-Either method can add λ·P, the gradient-penalty invariance regulariser on view 0 (Foster et al. §2).
+Either method can add λ·P, the gradient-penalty regulariser on view 0 (docs/method.md §11).
 """
 
 import dataclasses
@@ -66,7 +66,7 @@ def build_networks(config: ml_collections.ConfigDict) -> Networks:
   if config.method != "manifoldclr":
     return Networks(backbone, projector, None, None)
   m = config.manifold
-  # The coefficient networks stay in float32: their outputs parameterise the expm (spec §1).
+  # The coefficient networks stay in float32: their outputs parameterise the expm (§2.2).
   encoder = manifold.CoefficientEncoder(num_operators=m.dictionary_size,
                                         hidden_dims=tuple(m.encoder_hidden),
                                         scale_prior=m.scale_prior, shift_prior=m.shift_prior)
@@ -97,7 +97,7 @@ def init_variables(networks: Networks, config, key) -> tuple[dict, dict]:
 
 
 def kl_weight(loss_config, step):
-  """w_KL(t): constant, or w·(5e-3)^(1 − min(t, T)/T) for the "exponential" warm-up (spec §3)."""
+  """w_KL(t): constant, or w·(5e-3)^(1 − min(t, T)/T) with the "exponential" warm-up (§4.3)."""
   if loss_config.kl_warmup == "exponential":
     frac = jnp.minimum(step, loss_config.kl_warmup_steps) / loss_config.kl_warmup_steps
     return loss_config.kl_weight * jnp.power(5e-3, 1.0 - frac)
@@ -106,7 +106,7 @@ def kl_weight(loss_config, step):
 
 class _BatchNormThread:
   """Applies BN-carrying modules in sequence, threading the running statistics through each call
-  (the reference updates them once per forward: per view, and twice in the projector, §9.7)."""
+  (the reference updates them once per forward: per view, and twice in the projector, §15.7)."""
 
   def __init__(self, networks: Networks, params, batch_stats):
     self.networks, self.params, self.stats = networks, params, dict(batch_stats)
@@ -194,7 +194,7 @@ def compute_loss(params, batch_stats, batch, rng, step, *, networks: Networks, c
 
 
 def _contrastive(a, b, negatives, config):
-  """NT-Xent on L2-normalised embeddings, or the MSE InfoNCE with optional z0 negatives (spec §3)."""
+  """NT-Xent on L2-normalised embeddings, or the MSE InfoNCE with optional z0 negatives (§4.1)."""
   if config.loss.contrastive == "mse":
     extra = negatives if config.loss.z0_negatives else None
     return losses.mse_info_nce(a, b, config.loss.temperature, negatives=extra)

@@ -1,12 +1,12 @@
 """The paper's optimiser: AdamW with one learning rate, weight decay, schedule and clip per group.
 
-Spec §4. Parameters live in a dict keyed by group-owning module:
+docs/method.md §5. Parameters live in a dict keyed by group-owning module:
   {"backbone", "projector"}         lr = optim.lr,       wd = optim.weight_decay, no clipping
   {"psi"}                           lr = optim.psi_lr,   wd = optim.psi_weight_decay, clip psi_clip
   {"coeff_encoder", "prior"}        lr = optim.coeff_lr, wd = optim.coeff_weight_decay, clip coeff_clip
 The label of a leaf is the first key of its path (`optax.multi_transform`), so adding a parameter to a
 module never needs a hand-kept list. Decay is decoupled (lr·wd·w per step) and hits every parameter,
-BatchNorm and biases included, as torch's AdamW did in the reference (spec §9.14).
+BatchNorm and biases included, as torch's AdamW did in the reference (docs/method.md §15.14).
 """
 
 from typing import Callable
@@ -25,7 +25,7 @@ GROUPS = {
 
 def warmup_cosine_schedule(peak_lr: float, warmup_steps: int, total_steps: int,
                            end_lr: float) -> optax.Schedule:
-  """Linear warm-up from 0, then cosine to `end_lr` at `total_steps` (spec §4, §9.13).
+  """Linear warm-up from 0, then cosine to `end_lr` at `total_steps` (docs/method.md §5, §15.13).
 
   lr_t = t·peak/(w−1) for t < w (so lr_0 = 0 and lr_{w−1} = peak), then
   end + ½(peak − end)(1 + cos(π (t − w)/(T − w))) for w ≤ t ≤ T, the per-iteration

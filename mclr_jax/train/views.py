@@ -1,13 +1,13 @@
-"""Two views of a batch, made on the device inside the jitted step (spec §0.1, §6; Spirograph §1).
+"""Two views of a batch, made on the device inside the jitted step (docs/method.md §1, §7, §10).
 
 View 0 is returned as a function of its nuisance parameters α so that the gradient-penalty
-regulariser (Foster et al. §2) can differentiate the representation with respect to α. Without the
+regulariser (docs/method.md §11) can differentiate the representation with respect to α. Without the
 penalty the same function is simply called once.
   * Spirograph: α is the rendered nuisance (h and the colours); the view is render(θ, α).
-  * Images, no penalty: both views are the SimCLR augmentation of spec §6 (α unused).
+  * Images, no penalty: both views are the SimCLR augmentation of docs/method.md §7 (α unused).
   * Images with the penalty: crop and flip are drawn first and stay fixed, α = the four colour-jitter
     factors, applied with probability `jitter_prob`, then grayscale; the differentiable colour ops
-    are the invariance spec §2 ones. (Crop-then-jitter differs from spec §6's jitter-then-crop only
+    are those of docs/method.md §11.3. (Crop-then-jitter differs from §7's jitter-then-crop only
     through the contrast op's image mean.)
 """
 
@@ -30,7 +30,7 @@ class Views(NamedTuple):
 
 
 def spirograph_ranges(data: ml_collections.ConfigDict) -> dict:
-  """The parameter ranges of config.data (spirograph spec §1 table, with optional overrides)."""
+  """The parameter ranges of config.data (docs/method.md §10 table, with optional overrides)."""
   ranges = dict(spirograph.DEFAULT_RANGES)
   for name, value in dict(data.get("ranges", {}) or {}).items():
     ranges[name] = tuple(value)
@@ -77,7 +77,7 @@ def make_views(key: jax.Array, batch: dict, config: ml_collections.ConfigDict,
 
   def view0_fn(alpha):
     jittered = augment.color_jitter(base, alpha[:, 0], alpha[:, 1], alpha[:, 2], alpha[:, 3])
-    # Samples that skip the jitter get zero gradient in α (spirograph spec §2).
+    # Samples that skip the jitter get zero gradient in α (docs/method.md §11).
     x = jnp.where(apply_jitter[:, None, None, None], jittered, base)
     x = augment.random_grayscale(gray_key, x, data.grayscale_prob)
     return augment.normalize(x, info.mean, info.std)

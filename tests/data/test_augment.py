@@ -1,4 +1,4 @@
-"""Tests for mclr_jax.data.augment against numpy/PIL references (spec §6, invariance spec §2)."""
+"""Tests for mclr_jax.data.augment against numpy/PIL references (docs/method.md §7, §11)."""
 
 from absl.testing import absltest
 import chex

@@ -1,4 +1,4 @@
-"""Spirograph renderer and sampling (spirograph spec §1) against an independent numpy reference."""
+"""Spirograph renderer and sampling (docs/method.md §10) against an independent numpy reference."""
 
 import chex
 import jax
@@ -11,7 +11,7 @@ from mclr_jax.data import spirograph as sp
 
 
 def reference_render(params, normalization):
-  """Spec §1 formulas written out pixel by pixel in float64 numpy (no shared code with render)."""
+  """docs/method.md §10 written out pixel by pixel in float64 numpy (no code shared with render)."""
   m, b, h, sigma, r_f, r_b, g_f, g_b, b_f, b_b = [float(v) for v in params]
   t = np.linspace(0.0, 2.0 * np.pi, 40)
   x = (m - h) * np.cos(t) + h * np.cos((m - h) * t / b)

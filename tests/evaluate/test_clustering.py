@@ -1,4 +1,4 @@
-"""K-means purity (manifoldclr spec §7) on constructed cases."""
+"""K-means purity (docs/method.md §8) on constructed cases."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Geometry probe and invariance diagnostics (geometry spec §4, §5) against closed forms."""
+"""Geometry probe and invariance diagnostics (docs/method.md §13, §14) against closed forms."""
 
 import importlib.util
 import pathlib
@@ -68,7 +68,7 @@ def test_relative_retention_is_one_and_zero(null_projector):
 
 
 def test_random_directions_have_unit_mean_retention():
-  # E ρ over random directions is 1 for any G (the normalisation of spec §5.4): Monte Carlo.
+  # E ρ over random directions is 1 for any G (the normalisation of §14.4): Monte Carlo.
   rng = np.random.default_rng(2)
   G = jnp.asarray(np.tile(rng.standard_normal((1, 4, 8)), (4000, 1, 1)), jnp.float32)
   u = geometry.random_directions(jax.random.PRNGKey(0), 4000, 8, 1)

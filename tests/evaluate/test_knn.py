@@ -1,4 +1,4 @@
-"""kNN accuracy (manifoldclr spec §7) against a brute-force numpy float64 reference."""
+"""kNN accuracy (docs/method.md §8) against a brute-force numpy float64 reference."""
 
 from collections import Counter
 

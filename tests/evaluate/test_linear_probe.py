@@ -1,4 +1,4 @@
-"""Linear probe (manifoldclr spec §7): accuracy on separable data, loss decrease, schedule, optimiser."""
+"""Linear probe (docs/method.md §8.1): separable data, loss decrease, schedule, optimiser."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Prior-augmentation NN accuracy (manifoldclr spec §7): identity and label-destroying augmentations."""
+"""Prior-augmentation NN accuracy (docs/method.md §8.4): identity and label-destroying maps."""
 
 import jax
 import numpy as np

@@ -1,4 +1,4 @@
-"""Closed-form ridge probe (spirograph spec §4) against exact maps and scikit-learn."""
+"""Closed-form ridge probe (docs/method.md §13) against exact maps and scikit-learn."""
 
 import numpy as np
 import pytest

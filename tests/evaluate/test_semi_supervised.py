@@ -1,4 +1,4 @@
-"""Semi-supervised trials on frozen features (manifoldclr spec §7 paper experiment), tiny sizes."""
+"""Semi-supervised trials on frozen features (docs/method.md §8 paper experiment), tiny sizes."""
 
 import jax
 import jax.numpy as jnp

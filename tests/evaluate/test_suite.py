@@ -121,7 +121,7 @@ def test_operator_eigenvalues_of_stable_init_are_r_plus_minus_i_omega():
   psi = np.asarray(manifold.init_operators(jax.random.key(0), 4, 32, 8), np.float64)
   got = suite.operator_eigenvalues(psi)
   assert got.shape == (4, 32)
-  # Each 2x2 rotation block [[r, -ω], [ω, r]] has eigenvalues r ± iω (spec §1 stable init).
+  # Each 2x2 rotation block [[r, -ω], [ω, r]] has eigenvalues r ± iω (docs/method.md §2 stable init).
   for m in range(4):
     r, omega = psi[m, :, 0::2, 0::2].diagonal(axis1=1, axis2=2), psi[m, :, 1::2, 0::2].diagonal(
         axis1=1, axis2=2)

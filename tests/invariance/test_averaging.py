@@ -1,4 +1,4 @@
-"""Feature averaging and augmentation ensembling (spirograph spec §3) against closed forms."""
+"""Feature averaging and augmentation ensembling (docs/method.md §12) against closed forms."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Gradient penalty (spirograph spec §2) against explicit float64 Jacobians."""
+"""Gradient penalty (docs/method.md §11) against explicit float64 Jacobians."""
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,7 @@ def test_clip_and_outputs():
   low, _, _ = gp.gradient_penalty(features_fn, alpha, alpha_prime, key, clip=unclipped / 2)
   high, _, _ = gp.gradient_penalty(features_fn, alpha, alpha_prime, key, clip=2 * unclipped)
   assert low == unclipped / 2 and high == unclipped
-  # spec §2: clipped on the batch mean, the penalty's gradient vanishes.
+  # docs/method.md §11: clipped on the batch mean, the penalty's gradient vanishes.
   clipped_grad = jax.grad(lambda w: gp.gradient_penalty(
       lambda a: (mlp(w, a), None), alpha, alpha_prime, key, clip=unclipped / 2)[0])(weights)
   assert all(np.all(g == 0) for g in jax.tree.leaves(clipped_grad))
@@ -129,7 +129,7 @@ def test_second_order_gradient_matches_finite_differences():
 
 
 def test_penalty_through_spirograph_renderer():
-  # The differentiable nuisance of spec §2 for Spirograph: α goes straight into the renderer.
+  # The differentiable nuisance of Spirograph (§11.3): α goes straight into the renderer.
   params = spirograph.sample_params(jax.random.key(14), 2).astype(jnp.float64)
   theta, alpha = spirograph.split_params(params)
   alpha_prime = spirograph.sample_nuisance(jax.random.key(15), (3, 2)).astype(jnp.float64)

@@ -1,4 +1,4 @@
-"""Tests for best-of-J coefficient selection (spec §2 "Best-of-J")."""
+"""Tests for best-of-J coefficient selection (docs/method.md §3 "Best-of-J")."""
 
 import chex
 import jax
@@ -22,7 +22,7 @@ NUM_SAMPLES, BATCH, NUM_OPS, DIM, BLOCK = 6, 5, 4, 16, 8
 
 
 def _reference_errors(psi, u, mu, log_scale, z0, z1, threshold, l1_penalty):
-  """float64 numpy/scipy transport error of every (j, b), from spec §2 directly."""
+  """float64 numpy/scipy transport error of every (j, b), from docs/method.md §3 directly."""
   psi, u, mu, z0, z1 = (np.asarray(x, np.float64) for x in (psi, u, mu, z0, z1))
   b = np.exp(np.asarray(log_scale, np.float64))
   eps = -b * np.sign(u) * np.log(np.maximum(1 - 2 * np.abs(u), 1e-6))

@@ -1,4 +1,4 @@
-"""Tests for Laplace sampling, the straight-through soft threshold and the Laplace KL (spec §2)."""
+"""Laplace sampling, the straight-through soft threshold and the Laplace KL (docs/method.md §3)."""
 
 import chex
 import jax
@@ -30,7 +30,7 @@ def test_laplace_noise_moments_and_tails():
   for t in (0.5 * b, 2 * b, 5 * b):
     p = np.exp(-t / b)
     np.testing.assert_allclose(np.mean(np.abs(eps) > t), p, atol=4 * np.sqrt(p * (1 - p) / n))
-  # The log-argument floor 1e-6 bounds the noise (spec §9.4).
+  # The log-argument floor 1e-6 bounds the noise (docs/method.md §15.4).
   assert np.abs(eps).max() <= -np.log(1e-6) * b * (1 + 1e-6)
 
 
@@ -139,7 +139,7 @@ def test_kl_zero_for_identical_and_non_negative():
 
 
 def test_kl_finite_at_extreme_clamped_scales():
-  # log b_q at its clamp −100 + log 0.01 (spec §2) and μ_q = μ_p: the naive Δ/b_q = 0·inf is NaN.
+  # log b_q at its clamp −100 + log 0.01 (§3.1) and μ_q = μ_p: the naive Δ/b_q = 0·inf is NaN.
   low = -100 + np.log(0.01)
   kl = laplace_kl(jnp.zeros(3), jnp.full(3, low), jnp.zeros(3), jnp.full(3, np.log(0.01)))
   chex.assert_tree_all_finite(kl)
@@ -158,7 +158,7 @@ class LaplaceSampleVariantsTest(chex.TestCase):
     log_scale = jnp.full((3, 4), np.log(0.02))
     fn = self.variant(laplace_sample, static_argnames="threshold")
     c = np.asarray(fn(u, mu, log_scale, threshold=threshold), np.float64)
-    # Independent float64 numpy evaluation of spec §2.
+    # Independent float64 numpy evaluation of docs/method.md §3.
     un, mun, bn = np.asarray(u, np.float64), np.asarray(mu, np.float64), 0.02
     eps = -bn * np.sign(un) * np.log(np.maximum(1 - 2 * np.abs(un), 1e-6))
     ref = np.where(np.abs(eps) <= threshold, 0.0, mun + np.sign(eps) * (np.abs(eps) - threshold))

@@ -33,8 +33,8 @@ def _scipy_expm(a):
 
 @pytest.mark.parametrize("method", ["taylor", "pade"])
 def test_expm_matches_scipy_float64(method):
-  # Skew-symmetric part dominant (as for the rotation-like operators of spec §1) plus a general
-  # part; norms from tiny to ~50 exercise 0 to ~5 squarings.
+  # Skew-symmetric part dominant (as for the rotation-like operators of docs/method.md §2.3) plus a
+  # general part; norms from tiny to ~50 exercise 0 to ~5 squarings.
   a = _random_matrices(0, (5, 6, 6), [1e-3, 0.5, 2.0, 10.0, 50.0])
   skew = _random_matrices(1, (5, 6, 6), [1e-3, 0.5, 2.0, 10.0, 50.0])
   a = 0.1 * a + (skew - np.swapaxes(skew, -1, -2)) / 2
@@ -70,7 +70,7 @@ def test_taylor_finite_and_accurate_where_pade_returns_nan():
   s *= omega / np.abs(s).sum(0).max()
   for a, ref in [(rot, rot_ref), (s, scipy.linalg.expm(s))]:
     a32 = jnp.asarray(a, jnp.float32)
-    assert np.isnan(np.asarray(scipy_expm_jax(a32))).any()  # the motivation, spec §9.3
+    assert np.isnan(np.asarray(scipy_expm_jax(a32))).any()  # the motivation, docs/method.md §9
     out = np.asarray(expm(a32), np.float64)
     assert np.isfinite(out).all()
     # The float32 rounding of the angle/entries alone is eps·‖A‖₁ ≈ 0.12 radians; squaring

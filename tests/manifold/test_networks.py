@@ -1,4 +1,4 @@
-"""Tests for the coefficient encoder and learned prior networks (spec §2)."""
+"""Tests for the coefficient encoder and learned prior networks (docs/method.md §3)."""
 
 import chex
 import jax
@@ -64,7 +64,7 @@ def test_encoder_clamps_and_shift_on_extreme_inputs():
 
 
 def test_encoder_matches_numpy_forward():
-  # Independent float64 forward of spec §2 from the parameter values.
+  # Independent float64 forward of docs/method.md §3 from the parameter values.
   z0, z1 = _features(4)
   params = _encoder_init(jax.random.PRNGKey(5), z0, z1)["params"]
   p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
@@ -101,7 +101,7 @@ def test_prior_warmup_schedule():
   mu_learned, log_scale_learned = _prior_raw_heads(params, z0)
   apply = _prior_apply  # jitted: `step` is traced
   mu0, log_scale0 = apply(params, z0, jnp.int32(0))
-  np.testing.assert_array_equal(mu0, 0.0)  # spec §2: μ_p = 0 exactly at step 0
+  np.testing.assert_array_equal(mu0, 0.0)  # docs/method.md §3: μ_p = 0 exactly at step 0
   np.testing.assert_allclose(log_scale0, LOG_SCALE_PRIOR, rtol=1e-6)
   for step in (100, 5000):
     mu, log_scale = apply(params, z0, jnp.int32(step))

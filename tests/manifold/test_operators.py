@@ -1,4 +1,4 @@
-"""Tests for mclr_jax.manifold.operators: initialisation, generator and transport (spec §1)."""
+"""mclr_jax.manifold.operators: initialisation, generator and transport (docs/method.md §2)."""
 
 import chex
 import jax
@@ -20,7 +20,7 @@ def _uniform(seed, shape, low, high):
 def _normal(seed, shape):
   return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
-# Training range of the coefficients (spec §9.3): |μ| ≤ 5.05 plus Laplace tails ≤ 13.8·b, b ≤ 0.2.
+# Training range of the coefficients (docs/method.md §9.1): |μ| ≤ 5.05 plus tails ≤ 13.8·b, b ≤ 0.2.
 COEFF_MAX = 5.05 + 13.8 * 0.2
 
 # Jitted: one compile per shape is cheaper on CPU than op-by-op dispatch of the loops.
@@ -108,9 +108,9 @@ def test_transport_matches_scipy_over_training_range(method, tol, kind):
   # to ~100 for the stable (ω up to ±3) dictionary.
   psi = init_operators(jax.random.PRNGKey(5), 16, 16, 8, kind=kind)
   coeffs = _uniform(6, (6, 16), -COEFF_MAX, COEFF_MAX)
-  # Include one sample at typical magnitudes (spec §9.3: 0.02-0.1) and one at the extreme.
+  # Include one sample at typical magnitudes (docs/method.md §9: 0.02-0.1) and one at the extreme.
   coeffs = coeffs.at[0].multiply(0.01).at[1].set(COEFF_MAX)
-  z = jax.nn.relu(_normal(7, (6, 16)))  # ReLU features (spec §1)
+  z = jax.nn.relu(_normal(7, (6, 16)))  # ReLU features (docs/method.md §2)
   out = transport_jit(psi, coeffs, z, method=method)
   ref = _transport_reference(psi, coeffs, z)
   np.testing.assert_array_less(_rel_err(out, ref), tol)

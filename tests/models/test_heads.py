@@ -1,4 +1,4 @@
-"""Tests for the projection head (spec §5) against float64 numpy references."""
+"""Tests for the projection head (docs/method.md §6) against float64 numpy references."""
 
 import math
 
@@ -41,7 +41,7 @@ def test_identity_kinds_and_linear_without_bias():
   head = ProjectionHead(kind="linear", output_dim=OUT)
   out, variables = jax.jit(head.init_with_output, static_argnames="train")(_key(1), h, train=False)
   assert set(variables["params"]) == {"output"}
-  assert set(variables["params"]["output"]) == {"kernel"}  # spec §5: no bias
+  assert set(variables["params"]["output"]) == {"kernel"}  # docs/method.md §6: no bias
   kernel = np.asarray(variables["params"]["output"]["kernel"], np.float64)
   np.testing.assert_allclose(out, h.astype(np.float64) @ kernel, rtol=1e-5, atol=1e-6)
 
@@ -83,7 +83,7 @@ def test_linear_layers_use_pytorch_default_init():
   head = ProjectionHead(kind="mlp", hidden_dim=hidden, output_dim=OUT)
   params = jax.jit(head.init, static_argnames="train")(
       _key(3), jnp.zeros((2, fan_in)), train=False)["params"]
-  # spec §5: weight and bias ~ U(±1/sqrt(fan_in)), variance 1/(3·fan_in).
+  # docs/method.md §6: weight and bias ~ U(±1/sqrt(fan_in)), variance 1/(3·fan_in).
   for layer, layer_fan_in in [("hidden", fan_in), ("output", hidden)]:
     bound = 1 / math.sqrt(layer_fan_in)
     for name in ("kernel", "bias"):

@@ -1,4 +1,4 @@
-"""Tests for the ResNet backbone (spec §5): sizes by eval_shape, BatchNorm behaviour on a tiny model."""
+"""The ResNet backbone (docs/method.md §6): sizes by eval_shape, BatchNorm on a tiny model."""
 
 import math
 
@@ -54,7 +54,7 @@ def test_hand_count_reproduces_torchvision_resnet18():
 def test_full_size_parameter_count(stem, size):
   variables = jax.eval_shape(lambda: ResNet18(stem=stem).init(
       jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False))
-  # spec §5: fc removed and conv1 swapped for a 3×3 conv; the max-pool has no parameters.
+  # docs/method.md §6: fc removed and conv1 swapped for a 3×3 conv; the max-pool has no parameters.
   want = 11_689_512 - (512 * 1000 + 1000) - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64
   assert want == _resnet18_counts(64, stem_kernel=3)[0] == 11_168_832
   assert _count(variables["params"]) == want
@@ -163,7 +163,7 @@ def test_bfloat16_model_gives_float32_features_close_to_float32(tiny):
 def test_initialisation_statistics(tiny):
   _, variables, _, _ = tiny
   params = variables["params"]
-  # spec §5: the fresh stem conv keeps PyTorch's default U(±1/sqrt(fan_in)), fan_in = 3·3·3.
+  # The fresh stem conv keeps PyTorch's default U(±1/sqrt(fan_in)), fan_in = 3·3·3 (§6).
   stem = np.asarray(params["stem_conv"]["kernel"])
   assert np.max(np.abs(stem)) <= 1 / math.sqrt(27)
   big = np.asarray(resnet_lib.stem_kernel(_init_key(5), (3, 3, 3, 4096)))

@@ -1,4 +1,4 @@
-"""Gradient routing of the training objectives (manifoldclr spec §0, spirograph spec §2).
+"""Gradient routing of the training objectives (docs/method.md §1, §11).
 
 Each term's gradient is taken through `objective.compute_loss` itself by differentiating the term
 it reports in its metrics, so the stop-gradients checked are the ones training uses. References:
@@ -52,7 +52,7 @@ def _term_gradients(config, names):
   """{term: d term / d params} for the terms compute_loss reports, in one jitted jacrev."""
   networks, params, batch_stats, batch = _setup(config)
   rng = jax.random.key(7)
-  # After the prior's warm-up (spec §2 of manifoldclr: before it p is the fixed Laplace prior and
+  # After the prior's warm-up (docs/method.md §3.2: before it p is the fixed Laplace prior and
   # has no gradient at all), so that a zero gradient into p means a stop-gradient.
   step = jnp.asarray(config.manifold.prior_warmup_steps)
 
@@ -78,7 +78,7 @@ def manifold_grads():
 
 
 def test_transport_loss_detaches_target_but_not_source():
-  """spec §0.4/§0.7: MSE(T(c) z0, sg z1) sends gradient to z0, Ψ and c but none to z1."""
+  """§1 steps 4 and 7: MSE(T(c) z0, sg z1) sends gradient to z0, Ψ and c but none to z1."""
   kz0, kz1, kpsi, kc = jax.random.split(jax.random.key(0), 4)
   z0 = jax.random.normal(kz0, (BATCH, 32))
   z1 = jax.random.normal(kz1, (BATCH, 32))
@@ -99,15 +99,15 @@ def test_transport_loss_detaches_target_but_not_source():
 
 def test_transport_term_reaches_backbone_psi_and_posterior_but_not_prior(manifold_grads):
   g = manifold_grads["transport"]
-  assert _is_nonzero(g["backbone"]), "spec §0.4: z0 is not detached in the transport term"
+  assert _is_nonzero(g["backbone"]), "§1 step 4: z0 is not detached in the transport term"
   assert _is_nonzero(g["psi"])
-  assert _is_nonzero(g["coeff_encoder"]), "c ~ q is reparameterised (spec §0.3)"
+  assert _is_nonzero(g["coeff_encoder"]), "c ~ q is reparameterised (docs/method.md §1 step 3)"
   assert _is_zero(g["prior"])
   assert _is_zero(g["projector"])
 
 
 def test_kl_term_trains_only_the_coefficient_networks(manifold_grads):
-  """spec §0.2: q and p read sg z0 (and sg z1), so the KL never reaches the backbone or Ψ."""
+  """§1 step 2: q and p read sg z0 (and sg z1), so the KL never reaches the backbone or Ψ."""
   g = manifold_grads["kl"]
   assert _is_zero(g["backbone"])
   assert _is_zero(g["psi"])
@@ -117,7 +117,7 @@ def test_kl_term_trains_only_the_coefficient_networks(manifold_grads):
 
 
 def test_contrastive_term_trains_prior_through_augmentation(manifold_grads):
-  """spec §0.5: z0_aug = T(c0) z0 with c0 ~ p carries gradient to Ψ, the prior and the backbone;
+  """§1 step 5: z0_aug = T(c0) z0 with c0 ~ p carries gradient to Ψ, the prior and the backbone;
   the posterior q does not enter the contrastive loss."""
   g = manifold_grads["contrastive"]
   assert _is_nonzero(g["backbone"]) and _is_nonzero(g["psi"]) and _is_nonzero(g["prior"])
@@ -138,7 +138,7 @@ def _nt_xent_float64(a, b, tau):
 
 
 def test_simclr_loss_is_nt_xent_of_projected_views():
-  """spec §3: SimCLR = NT-Xent(ĝ(f(x0)), ĝ(f(x1))), views rebuilt with the objective's own key."""
+  """§4.2: SimCLR = NT-Xent(ĝ(f(x0)), ĝ(f(x1))), views rebuilt with the objective's own key."""
   config = _tiny_config("cpu")
   networks, params, batch_stats, batch = _setup(config)
   rng = jax.random.key(3)
@@ -160,7 +160,7 @@ def test_simclr_loss_is_nt_xent_of_projected_views():
 
 
 def test_penalty_loss_is_baseline_plus_weighted_hand_penalty():
-  """spirograph spec §2: loss = SimCLR + λ·P, P = gradient_penalty(view 0) with the same keys."""
+  """docs/method.md §11: loss = SimCLR + λ·P, P = gradient_penalty(view 0) with the same keys."""
   config = _tiny_config("gp")
   config.invariance.num_alpha_samples = 4
   networks, params, batch_stats, batch = _setup(config)
@@ -193,7 +193,7 @@ def test_penalty_loss_is_baseline_plus_weighted_hand_penalty():
 
 
 def test_image_colour_jitter_penalty_is_finite_and_differentiable():
-  """spirograph spec §2 on images: α = the four colour-jitter factors of view 0 (views.py)."""
+  """docs/method.md §11 on images: α = the four colour-jitter factors of view 0 (views.py)."""
   config = _tiny_config("cpu")
   config.data.name = "cifar10"
   images = jax.random.randint(jax.random.key(0), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)

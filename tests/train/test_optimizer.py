@@ -1,4 +1,4 @@
-"""The per-group AdamW of spec §4: learning rates, weight decays, clipping, schedule, labels."""
+"""The per-group AdamW of docs/method.md §5: learning rates, decays, clipping, schedule, labels."""
 
 import math
 
@@ -48,7 +48,7 @@ def _at_step(opt_state, step):
 
 
 def _expected_lr(peak, end, t):
-  """Closed form of spec §4: t·peak/(w−1) in the warm-up, then cosine from peak to end."""
+  """Closed form of docs/method.md §5: t·peak/(w−1) in the warm-up, then cosine from peak to end."""
   if t < WARMUP:
     return t * peak / (WARMUP - 1)
   frac = (t - WARMUP) / (TOTAL_STEPS - WARMUP)

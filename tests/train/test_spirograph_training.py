@@ -1,4 +1,4 @@
-"""End-to-end Spirograph training (spirograph spec §1, §2, §4) through `loop.train_and_evaluate`.
+"""End-to-end Spirograph training (docs/method.md §10, §11, §13) through `loop.train_and_evaluate`.
 
 The real property: a short seeded SimCLR run lowers the downstream linear-regression MSE on the
 content targets below that of the same architecture at initialisation (the random encoder, a
@@ -41,7 +41,7 @@ def _small_config(variant="cpu", steps=64):
 
 def test_short_training_beats_random_encoder(tmp_path):
   """Measured (seed 0, 64 steps): trained MSE 0.108 vs random 0.132; 200 steps gives 0.061.
-  About 60 s on 2 idle cores: kept in the default suite, as issue 4 asks."""
+  About 60 s on 2 idle cores: kept in the default suite."""
   config = _small_config()
   state = loop.train_and_evaluate(config, str(tmp_path))
   key = jax.random.key(3)
@@ -52,7 +52,7 @@ def test_short_training_beats_random_encoder(tmp_path):
 
 
 def test_gradient_penalty_run_logs_a_clipped_penalty(tmp_path):
-  """spirograph spec §2: λ = 0.01, U = 1000; the logged P is finite and in [0, U]."""
+  """docs/method.md §11: λ = 0.01, U = 1000; the logged P is finite and in [0, U]."""
   config = _small_config("gp", steps=2)
   config.batch_size = 16
   config.data.num_train = 64

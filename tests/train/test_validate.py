@@ -1,4 +1,4 @@
-"""Config validation (one error naming the key) and the shipped configs (spec §4 table)."""
+"""Config validation (one error naming the key) and the shipped configs (docs/method.md §5)."""
 
 import importlib
 import importlib.util
@@ -122,7 +122,7 @@ def test_stl10_rows():
   assert proj.loss.kl_weight == 1e-5 and proj.loss.transport_weight == 10.0
   assert proj.loss.location_l2_weight == 1e-3
   thresh = stl10.get_config("thresh")
-  assert thresh.manifold.dictionary_size == 128  # spec §4 footnote *
+  assert thresh.manifold.dictionary_size == 128  # docs/method.md §5 table
   assert thresh.manifold.threshold == 0.01 and thresh.manifold.num_samples == 20
   assert thresh.loss.kl_weight == 1e-3
   simclr = stl10.get_config("simclr")
