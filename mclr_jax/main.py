@@ -12,19 +12,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mclr_jax import cli
 from mclr_jax.evaluate import runner
 from mclr_jax.train import loop
 
 FLAGS = flags.FLAGS
-
-
-class _QuietLibraries(logging.logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the console; its warnings and errors still show."""
-
-  def filter(self, record):
-    # Standard-library levels: absl's own constants (logging.WARNING == -1) use another scale.
-    return record.levelno >= logging.logging.WARNING or "/orbax/" not in record.pathname
-
 
 config_flags.DEFINE_config_file("config", "configs/spirograph.py", "Training config file.",
                                 lock_config=True)
@@ -38,7 +30,6 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.distributed:
     jax.distributed.initialize()
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = FLAGS.config
   logging.info("JAX %s on %s; process %d of %d.", jax.__version__, jax.devices(),
                jax.process_index(), jax.process_count())
@@ -49,4 +40,4 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  cli.run(main)

@@ -73,6 +73,7 @@ def test_tiny_configs_are_the_named_cases():
   assert (tiny.batch_size, tiny.model.width, tiny.manifold.block_dim) == (16, 4, 8)
 
 
+@pytest.mark.slow
 def test_train_step_case_writes_complete_row(tmp_path):
   # One tiny case end to end (the real step and every breakdown part): about a minute on 2 cores.
   out = tmp_path / "bench.json"

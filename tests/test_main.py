@@ -3,7 +3,7 @@ else are kept."""
 
 import logging
 
-from mclr_jax import main
+from mclr_jax import cli
 
 
 def _record(level, pathname):
@@ -11,7 +11,7 @@ def _record(level, pathname):
 
 
 def test_orbax_info_is_dropped_but_its_warnings_and_other_info_are_kept():
-  quiet = main._QuietLibraries()  # pylint: disable=protected-access
+  quiet = cli.QuietLibraries()
   orbax_file = "/venv/lib/python3.11/site-packages/orbax/checkpoint/checkpoint_manager.py"
   assert not quiet.filter(_record(logging.INFO, orbax_file))
   assert quiet.filter(_record(logging.WARNING, orbax_file))

@@ -18,9 +18,10 @@ import jax
 import numpy as np
 
 from mclr_jax.data.datasets import DatasetInfo, get_dataset_info
+from mclr_jax.errors import UserFacingError
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserFacingError, FileNotFoundError):
   """A dataset split is not prepared under the data_dir (or TensorFlow Datasets is missing)."""
 
 

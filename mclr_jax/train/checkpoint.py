@@ -18,10 +18,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mclr_jax.errors import UserFacingError
 from mclr_jax.train.state import TrainState
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserFacingError, RuntimeError):
   """A checkpoint exists but cannot be used; the message says which one and what to do."""
 
 

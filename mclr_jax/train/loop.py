@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from mclr_jax.errors import UserFacingError
 from mclr_jax.train import checkpoint
 from mclr_jax.train import create
 from mclr_jax.train import data as data_lib
@@ -29,7 +30,7 @@ from mclr_jax.train.validate import validate_config
 EvalFn = Callable[[TrainState, int], dict]
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserFacingError, FloatingPointError):
   """Training produced NaN/Inf; the message names the step and the term."""
 
 

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from mclr_jax.errors import UserFacingError
+
 DATASETS = ("cifar10", "stl10", "tinyimagenet", "spirograph")
 METHODS = ("simclr", "manifoldclr")
 PROJECTIONS = ("mlp", "linear", "none", "direct")
@@ -14,7 +16,7 @@ KL_WARMUPS = ("none", "exponential")
 OPERATOR_INITS = ("stable", "gaussian")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
   """A config value is invalid; the message names the key, the value and the fix."""
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +30,7 @@ def run_steps(out_path):
   from mclr_jax.train import create
   from mclr_jax.train import data as data_lib
   from mclr_jax.train.step import make_train_step
-  from tests.train.test_resume import tiny_spirograph_config
+  from tests.tiny import tiny_spirograph_config
 
   if jax.device_count() < max(DEVICE_COUNTS):
     raise SystemExit(f"needs {max(DEVICE_COUNTS)} devices, has {jax.device_count()}: set "
@@ -61,6 +62,8 @@ def run_steps(out_path):
   np.savez(out_path, **arrays)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_one_two_four_eight_devices_agree(tmp_path):
   out = tmp_path / "steps.npz"
   env = dict(os.environ, JAX_PLATFORMS="cpu",

@@ -10,39 +10,17 @@ import pytest
 from mclr_jax.train import checkpoint
 from mclr_jax.train import data as data_lib
 from mclr_jax.train import loop
-from tests.train.test_resume import fast_compiles, read_metrics, tiny_spirograph_config  # noqa: F401
-
-tfds = pytest.importorskip("tensorflow_datasets")
-
-
-def _tiny_image_config(name, method):
-  module = {"cifar10": "configs.cifar10", "stl10": "configs.stl10"}[name]
-  import importlib
-  config = importlib.import_module(module).get_config("simclr" if method == "simclr" else "proj")
-  config.model.width = 4
-  config.model.proj_hidden_dim = 16
-  config.model.proj_output_dim = 8
-  config.batch_size = 16
-  config.num_train_steps = 12
-  config.log_every_steps = 3
-  config.checkpoint_every_steps = 6
-  config.eval_every_steps = 0
-  config.data.prefetch = 1
-  config.optim.warmup_epochs = 0
-  config.optim.lr = 3e-3
-  config.manifold.block_dim = 8
-  config.manifold.dictionary_size = 4
-  config.manifold.encoder_hidden = (16, 16, 8)
-  config.manifold.prior_hidden = (16, 16, 8)
-  return config
+from tests.tiny import read_metrics, tiny_image_config, tiny_spirograph_config
 
 
 @pytest.mark.parametrize("name,method,num_examples", [
     ("cifar10", "manifoldclr", 16),  # one fixed batch of 32 px images
-    ("stl10", "simclr", 8),  # train + unlabelled = 16 images of 96 px, cropped to 64 px
+    # train + unlabelled = 16 images of 96 px, cropped to 64 px
+    pytest.param("stl10", "simclr", 8, marks=pytest.mark.slow),
 ])
 def test_train_on_mock_data_lowers_the_loss(tmp_path, fast_compiles, name, method, num_examples):
-  config = _tiny_image_config(name, method)
+  tfds = pytest.importorskip("tensorflow_datasets", reason="the mock-data runs read TFDS splits")
+  config = tiny_image_config(name, method)
   config.optim.lr = 1e-2  # a tiny fixed dataset: a larger step makes the decrease unambiguous
   workdir = str(tmp_path)
   with tfds.testing.mock_data(num_examples=num_examples):

@@ -9,70 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import spirograph
 from mclr_jax.train import checkpoint
 from mclr_jax.train import loop
-from mclr_jax.train import metrics as metrics_lib
+from tests.tiny import read_metrics, tiny_spirograph_config
 
 # Keys of metrics.jsonl that depend on wall time, not on the computation.
 TIMING_KEYS = ("steps_per_sec", "images_per_sec", "eta_sec")
-
-
-def tiny_spirograph_config(method="simclr", num_train_steps=4):
-  """Spirograph (no TensorFlow) with a width-4 ResNet-18 and tiny heads: seconds per step on CPU."""
-  config = spirograph.get_config("manifoldclr" if method == "manifoldclr" else "cpu")
-  config.model.width = 4
-  config.model.proj_hidden_dim = 16
-  config.model.proj_output_dim = 8
-  config.batch_size = 16
-  config.data.num_train = 64
-  config.data.num_test = 16
-  config.data.prefetch = 1
-  config.num_train_steps = num_train_steps
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 100
-  config.eval_every_steps = 0
-  config.manifold.block_dim = 8
-  config.manifold.dictionary_size = 4
-  config.manifold.encoder_hidden = (16, 16, 8)
-  config.manifold.prior_hidden = (16, 16, 8)
-  return config
-
-
-@pytest.fixture(scope="module")
-def fast_compiles(tmp_path_factory, fast_cpu_compiles):
-  """Unoptimised CPU compiles (conftest's `fast_cpu_compiles`), a session-wide persistent
-  compilation cache (repeated runs of one config compile once), and no TensorBoard writer (it would
-  import TensorFlow)."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: jax.config.values[n] for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "xla_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(metrics_lib, "TensorBoardWriter", _NoTensorBoard)
-    yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-
-
-class _NoTensorBoard:
-
-  def __init__(self, logdir):
-    del logdir
-
-  def write(self, step, scalars):
-    del step, scalars
-
-  def flush(self):
-    pass
-
-
-def read_metrics(workdir, kind="train"):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
-  return [r for r in records if r["kind"] == kind]
 
 
 def _sigterm_after(monkeypatch, stop_step):
