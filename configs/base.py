@@ -33,6 +33,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3  # the last N checkpoints are kept
+  # A latest checkpoint that fails to restore is moved aside (checkpoints/<step>.corrupt-<time>) and
+  # the run resumes from the newest one that restores; True refuses to start instead.
+  config.strict_checkpoints = False
   config.eval_every_steps = -1  # -1: every `eval.every_epochs` epochs and at the end; 0: never
   # bf16 compute for backbone and heads; parameters, optimiser state, losses, expm and KL stay float32.
   # None ("auto"): bf16 on GPU/TPU, float32 on CPU; True/False force it (--config.half_precision=False).
@@ -51,9 +54,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.flip_prob = 0.5
 
   config.model = ml_collections.ConfigDict()
-  config.model.width = 64  # ResNet base channel count: features have 8 * width dims (512)
+  config.model.arch = "resnet18"  # "resnet18" (8·width features) | "resnet50" (32·width)
+  config.model.width = 64  # ResNet base channel count: ResNet-18 features have 8 * width dims (512)
   config.model.stem = "cifar"  # "cifar": 3x3 s1, no max-pool; "imagenet64": 3x3 s1 + max-pool
-  config.model.projection = "mlp"  # mlp | linear | none | direct
+  config.model.projection = "mlp"  # mlp | linear | none | direct | invclr (docs/method.md §18.2)
   config.model.proj_hidden_dim = 1024
   config.model.proj_output_dim = 128
 
@@ -87,6 +91,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.location_l2_weight = 1e-3  # w_L2 on the posterior locations μ_q (0: off)
 
   config.optim = ml_collections.ConfigDict()
+  # "adamw" | "lars" (backbone and projector; Ψ and the coefficient networks keep AdamW, §18.1)
+  config.optim.name = "adamw"
+  # "warmup_cosine" (per iteration, §5) | "epoch_ramp_cosine" (per epoch, §18.1)
+  config.optim.schedule = "warmup_cosine"
   config.optim.lr = 3e-3  # backbone and projector
   config.optim.weight_decay = 1e-5  # AdamW, decoupled, on every parameter incl. BN and biases
   config.optim.min_lr = 1e-5  # cosine end value for backbone and projector
@@ -102,6 +110,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.coeff_weight_decay = 1e-5
   config.optim.coeff_min_lr = 1e-6
   config.optim.coeff_clip = 1.0
+  # LARS only (optax.lars): SGD momentum, trust coefficient and its denominator's eps.
+  config.optim.momentum = 0.9
+  config.optim.trust_coefficient = 1e-3
+  config.optim.lars_eps = 1e-8
+  config.optim.lars_exclude_bias_and_norm = False  # True: no decay / trust ratio on 1-D leaves
 
   # Gradient-penalty invariance regulariser (Foster et al. 2021); weight 0 is the baseline.
   config.invariance = ml_collections.ConfigDict()
@@ -109,6 +122,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.invariance.clip = 1.0  # U, applied to the batch mean
   config.invariance.num_alpha_samples = 100  # L
   config.invariance.normalize = True  # L2-normalise the representation before the penalty
+  # Log penalty_grad_share and penalty_grad_cosine (docs/method.md §11.6): a second backward pass.
+  config.invariance.log_grad_share = False
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every_epochs = 100
@@ -119,6 +134,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.max_test_examples = -1
   config.eval.feature_average_copies = 0  # M of test-time feature averaging (0: off)
   config.eval.probe_l2 = 1e-8  # L2 weight of the Spirograph regression probe (docs/method.md §13)
+  # The invariance paper's image probe (`invariance_probe` suite, docs/method.md §18.5).
+  config.eval.label_proportion = 1.0  # stratified share of the probe-train labels (paper: 0.5)
+  config.eval.classifier_l2 = 1e-5  # w of mean CE + w·‖W‖², the bias unpenalised
+  config.eval.lbfgs_steps = 500  # full-batch L-BFGS iterations
   config.eval.semi_supervised_trials = 50
   config.eval.semi_supervised_steps = 10000
   return config

@@ -9,7 +9,8 @@ Each training case builds the real step (`create_train_state` + `make_train_step
 `donate_argnums=(0,)` on a 1-D "data" mesh over the devices, batch sharded) and feeds it random
 uint8 images already on the device, so the on-device SimCLR augmentation is inside the timed step.
 One JSON row per (case, precision): median / p10 / p90 step time, images/s (both views, 2·B), lower
-and compile time, peak device memory, an MFU estimate, the input-pipeline/step time ratio and, for
+and compile time, peak device memory, an MFU estimate, the input-pipeline/step time ratio, the
+host's dispatch time per step against the step's time when steps run back to back and, for
 ManifoldCLR, the time of each part of the step measured as separate jitted functions. docs/
 performance.md explains every number and gives the reference figures.
 """
@@ -152,18 +153,43 @@ def _time_calls(call: Callable[[], object], warmup: int, steps: int) -> list:
   return times
 
 
+def time_dispatch(call: Callable[[], object], steps: int) -> tuple:
+  """(median s for one `call()` to return, wall s per call) over `steps` back-to-back calls that
+  are waited for once, at the end, as the training loop runs them.
+
+  JAX dispatches asynchronously: a call returns once its work is queued. While the return time
+  stays below the per-call wall time, the host keeps ahead and the device never waits for it; the
+  ratio of the two is the host's share of a step.
+  """
+  jax.block_until_ready(call())  # nothing of an earlier call still queued
+  returns = []
+  start = time.perf_counter()
+  for _ in range(steps):
+    before = time.perf_counter()
+    out = call()
+    returns.append(time.perf_counter() - before)
+  jax.block_until_ready(out)
+  return float(np.median(returns)), (time.perf_counter() - start) / steps
+
+
 def _compile(jitted, *args) -> tuple:
-  """(compiled, lower_s, compile_s): lowering and XLA compilation timed separately."""
+  """(compiled, lower_s, compile_s, lowered): lowering and XLA compilation timed separately."""
   start = time.perf_counter()
   lowered = jitted.lower(*args)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  return compiled, lowered_at - start, time.perf_counter() - lowered_at
+  return compiled, lowered_at - start, time.perf_counter() - lowered_at, lowered
 
 
 def compiled_flops(compiled) -> Optional[float]:
-  """FLOPs XLA's cost model assigns to one call (per device under SPMD), or None if unavailable.
-  Loops (the expm squarings, best-of-J action steps) are counted once, so this undercounts."""
+  """FLOPs XLA's cost model assigns to one call, or None if unavailable.
+
+  Pass the `Lowered` stage where there is one: its cost analysis runs on the program as written,
+  before XLA rewrites it. On a GPU the compiled program's convolutions become cuDNN custom calls,
+  which the compiled cost analysis counts as zero FLOPs: measured on an H100, the compiled count
+  of the bf16 SimCLR step gave an MFU of 0.002 at 64k images/s. Loops (the expm squarings, the
+  best-of-J action steps) are counted once either way, so this undercounts them.
+  """
   try:
     cost = compiled.cost_analysis()
   except Exception:  # pylint: disable=broad-except  (some backends do not implement it)
@@ -209,8 +235,12 @@ def input_pipeline_seconds(batch_size: int, size: int, sharding, reps: int = 3) 
 
 
 def benchmark_train_step(name: str, config, *, tiny: bool, num_devices: int, warmup: int,
-                         steps: int, peak_tflops: float, breakdown: bool) -> dict:
-  """One row: the real jitted train step of `config` timed on a `num_devices` data mesh."""
+                         steps: int, peak_tflops: float, breakdown: bool,
+                         trace_dir: Optional[str] = None,
+                         emit: Callable[[dict], None] = lambda row: None) -> dict:
+  """One row: the real jitted train step of `config` timed on a `num_devices` data mesh.
+  `emit(row)` receives the row before the (slow) breakdown is added, so a caller that saves it
+  keeps the step's figures if the breakdown is cut short."""
   mesh = data_mesh(num_devices)
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   key_init, key_data, key_step = jax.random.split(jax.random.key(0), 3)
@@ -221,7 +251,7 @@ def benchmark_train_step(name: str, config, *, tiny: bool, num_devices: int, war
   step_fn = jax.jit(make_train_step(networks, config, tx),
                     in_shardings=(replicated, batch_sharding, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=(0,))
-  compiled, lower_s, compile_s = _compile(step_fn, state, batch, key_step)
+  compiled, lower_s, compile_s, lowered = _compile(step_fn, state, batch, key_step)
 
   def call():
     nonlocal state
@@ -230,9 +260,13 @@ def benchmark_train_step(name: str, config, *, tiny: bool, num_devices: int, war
 
   timing = _percentiles_ms(_time_calls(call, warmup, steps))
   step_s = timing["median_ms"] / 1e3
+  dispatch_s, pipelined_s = time_dispatch(call, steps)
+  if trace_dir:
+    with jax.profiler.trace(trace_dir):
+      time_dispatch(call, min(steps, 5))
   device = jax.devices()[0]
   precision = "bf16" if config.half_precision else "fp32"
-  flops = compiled_flops(compiled)
+  flops = compiled_flops(lowered)
   peak = peak_flops_per_second(device.device_kind, precision, peak_tflops)
   images_per_sec = 2 * config.batch_size / step_s
   input_s = input_pipeline_seconds(config.batch_size, size, batch_sharding)
@@ -245,7 +279,9 @@ def benchmark_train_step(name: str, config, *, tiny: bool, num_devices: int, war
       compiled_temp_bytes=_temp_bytes(compiled), flops=flops,
       mfu=(flops / step_s / peak) if flops and peak else None,
       input_ms=input_s * 1e3, input_bound_ratio=input_s / step_s,
-      breakdown_ms=None)
+      dispatch_ms=dispatch_s * 1e3, pipelined_ms=pipelined_s * 1e3,
+      host_overhead_ratio=dispatch_s / pipelined_s, breakdown_ms=None)
+  emit(row)
   if breakdown and config.method == "manifoldclr":
     row["breakdown_ms"] = manifold_breakdown(networks, state.params, state.batch_stats, config,
                                              mesh, warmup, steps)
@@ -262,7 +298,7 @@ def _temp_bytes(compiled) -> Optional[int]:
 
 
 def _median_ms(fn, args, warmup: int, steps: int) -> float:
-  compiled, _, _ = _compile(jax.jit(fn), *args)
+  compiled, _, _, _ = _compile(jax.jit(fn), *args)
   return _percentiles_ms(_time_calls(lambda: compiled(*args), warmup, steps))["median_ms"]
 
 
@@ -332,10 +368,15 @@ def manifold_breakdown(networks, params, batch_stats, config, mesh, warmup: int,
   return out
 
 
-def benchmark_expm(shapes: list, block_dim: int, warmup: int, steps: int) -> list:
+EXPM_METHODS = ("jax_scipy_expm", "taylor_expm", "expm_action")
+
+
+def benchmark_expm(shapes: list, block_dim: int, warmup: int, steps: int,
+                   methods=EXPM_METHODS, emit: Callable[[list], None] = lambda rows: None) -> list:
   """Rows for exp(A) on (J, B, K, n, n) generators: jax.scipy (Padé), our Taylor, and exp(A) v by
   `expm_action` with A in float32 and in bfloat16 (v: (B, K, n) float32, broadcast over J as in
-  best-of-J; the action keeps vectors and sums in float32 either way)."""
+  best-of-J; the action keeps vectors and sums in float32 either way). `methods` picks a subset;
+  `emit(rows)` receives the rows so far after each one."""
   device = jax.devices()[0]
   rows = []
   for j, b, k in shapes:
@@ -352,14 +393,17 @@ def benchmark_expm(shapes: list, block_dim: int, warmup: int, steps: int) -> lis
          (a.astype(jnp.bfloat16), v)),
     ]
     for method, precision, fn, args in variants:
-      compiled, lower_s, compile_s = _compile(jax.jit(fn), *args)
+      if method not in methods:
+        continue
+      compiled, lower_s, compile_s, lowered = _compile(jax.jit(fn), *args)
       timing = _percentiles_ms(_time_calls(lambda: compiled(*args), warmup, steps))
       rows.append(dict(case=f"expm/{method}", shape=[j, b, k, block_dim, block_dim],
                        device_kind=device.device_kind, platform=device.platform, num_devices=1,
                        jax_version=jax.__version__, batch=b, precision=precision, **timing,
                        images_per_sec=None, lower_s=lower_s, compile_s=compile_s,
-                       peak_bytes=peak_bytes(device), flops=compiled_flops(compiled), mfu=None,
+                       peak_bytes=peak_bytes(device), flops=compiled_flops(lowered), mfu=None,
                        input_bound_ratio=None))
+      emit(rows)
     del a
   return rows
 
@@ -379,7 +423,7 @@ def parse_shapes(text: str) -> list:
 def format_table(rows: list) -> str:
   """A fixed-width text table of the rows (what the benchmark prints)."""
   header = ("case", "dev", "prec", "batch", "median_ms", "p10_ms", "p90_ms", "img/s", "compile_s",
-            "peak_GiB", "mfu", "input/step")
+            "peak_GiB", "mfu", "input/step", "dispatch_ms")
   lines = ["  ".join(f"{h:>10}" if i else f"{h:<30}" for i, h in enumerate(header))]
   for r in rows:
     name = r["case"] + ("/" + "x".join(map(str, r["shape"][:3])) if "shape" in r else "")
@@ -388,7 +432,8 @@ def format_table(rows: list) -> str:
              fmt(r["median_ms"], ".2f"), fmt(r["p10_ms"], ".2f"), fmt(r["p90_ms"], ".2f"),
              fmt(r["images_per_sec"], ".0f"), fmt(r["compile_s"], ".2f"),
              fmt(None if r["peak_bytes"] is None else r["peak_bytes"] / 2**30, ".2f"),
-             fmt(r["mfu"], ".3f"), fmt(r["input_bound_ratio"], ".3f"))
+             fmt(r["mfu"], ".3f"), fmt(r["input_bound_ratio"], ".3f"),
+             fmt(r.get("dispatch_ms"), ".3f"))
     lines.append("  ".join(f"{c:>10}" if i else f"{c:<30}" for i, c in enumerate(cells)))
     for part, ms in (r.get("breakdown_ms") or {}).items():
       lines.append(f"    {part:<28}{fmt(ms, '10.2f'):>10} ms")
@@ -415,6 +460,11 @@ def parse_args(argv=None):
   parser.add_argument("--expm_shapes", default=None,
                       help="JxBxK list for --case=expm (default 20x512x8,100x512x8; --tiny 3x16x4)")
   parser.add_argument("--expm_block", type=int, default=None, help="n of the n×n blocks (64)")
+  parser.add_argument("--expm_methods", default=",".join(EXPM_METHODS),
+                      help="comma-separated subset of the --case=expm methods")
+  parser.add_argument("--trace_dir", default=None,
+                      help="write a jax.profiler trace of 5 back-to-back steps of each training "
+                           "case here (open with TensorBoard's or XProf's profile plugin)")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override for every training case, repeatable, e.g. "
                            "--set=manifold.best_of_j_dtype=bfloat16")
@@ -434,7 +484,12 @@ def run(args) -> list:
   if args.case == "expm":
     shapes = parse_shapes(args.expm_shapes or ("3x16x4" if args.tiny else "20x512x8,100x512x8"))
     block = args.expm_block or (TINY["block_dim"] if args.tiny else 64)
-    return benchmark_expm(shapes, block, args.warmup, args.steps)
+    methods = args.expm_methods.split(",")
+    unknown = [m for m in methods if m not in EXPM_METHODS]
+    if unknown:
+      raise ValueError(f"--expm_methods has unknown names {unknown}; choose from {EXPM_METHODS}.")
+    return benchmark_expm(shapes, block, args.warmup, args.steps, methods,
+                          emit=lambda rows: write_rows(args.out, rows))
   names = list(CASES) if args.case == "all" else args.case.split(",")
   unknown = [n for n in names if n not in CASES]
   if unknown:
@@ -454,9 +509,16 @@ def run(args) -> list:
         rows.append(benchmark_train_step(
             name, config, tiny=args.tiny, num_devices=num_devices, warmup=args.warmup,
             steps=args.steps, peak_tflops=args.peak_tflops,
-            breakdown=not args.no_breakdown and num_devices == device_counts[-1]))
+            breakdown=not args.no_breakdown and num_devices == device_counts[-1],
+            trace_dir=args.trace_dir and f"{args.trace_dir}/{name}_{precision}_{num_devices}dev",
+            emit=lambda row: write_rows(args.out, rows + [row])))
         print(format_table(rows[-1:]).split("\n", 1)[1], flush=True)
   return rows
+
+
+def write_rows(path: str, rows: list) -> None:
+  """The JSON file of rows, rewritten as rows complete (a killed run keeps the finished ones)."""
+  pathlib.Path(path).write_text(json.dumps(rows, indent=1))
 
 
 def main(argv=None) -> list:
@@ -469,7 +531,7 @@ def main(argv=None) -> list:
     rows = run(args)
   finally:
     jax.config.update("jax_disable_most_optimizations", previous)
-  pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))
+  write_rows(args.out, rows)
   print(format_table(rows))
   print(f"Wrote {len(rows)} rows to {args.out}")
   return rows

@@ -1,58 +1,61 @@
-"""Geometry probe across augmentation strengths (docs/method.md §14): encoder vs projector.
+"""Encoder vs projector geometry across trained runs (docs/method.md §14): one row per workdir.
 
-Usage (once training and checkpoint restore exist):
   python experiments/geometry_sweep.py --workdirs=runs/s0.25,runs/s0.5,runs/s1 \
-      --strengths=0.25,0.5,1 --output_dir=runs/geometry
+      --strengths=0.25,0.5,1 --output_dir=runs/geometry [--num_points=2000 --num_views=32]
 
-For each workdir (one model trained at strength s) it restores the model, probes N held-out images
-(N = 2000, M = 32, docs/method.md §14), and writes `geometry_s{s}.json` plus a text
-table `geometry_table.txt` comparing encoder and projector across strengths.
-
+For each workdir it restores the latest checkpoint and runs the evaluation suite's "geometry" part
+(`mclr_jax/evaluate/geometry_probe.py`, the same function as `python -m mclr_jax.evaluate
+--suite=geometry`) on the first `num_points` test inputs: retention through the projector of
+augmentation, data and random directions (Spirograph: exact Jacobian tangents; images: sample and
+local PCA), invariance ratios of h, z and z/‖z‖, and the spectra of each. With --strengths, run i is
+probed under augmentation strength s_i (Spirograph: nuisance ranges scaled about their midpoints,
+`spirograph.scaled_nuisance_ranges`; images: colour-jitter strengths times s); without, each run
+under its own training augmentation. Writes OUTPUT_DIR/geometry_<i>.json (the full report) and
+OUTPUT_DIR/geometry_table.txt, and prints the table. Cost: V·N forward passes and N projector
+Jacobians per run; about a minute per run on a CPU for a width-8 Spirograph model at N = 2000.
 """
 
 import argparse
+import dataclasses
 import json
 import os
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 
-from mclr_jax.evaluate import geometry
-
-
-def probe_model(key, model, images, augment_fn, num_augmentations: int = 32, tangent_dim: int = 4,
-                k_neighbours: int = 20) -> dict:
-  """Runs the geometry probe for one model (docs/method.md §14).
-
-  Args:
-    key: PRNG key.
-    model: object with `.encode(images) -> (N, D)` and `.project(h (N, D)) -> (N, K)`.
-    images: (N, H, W, C) held-out inputs.
-    augment_fn: (key, images) -> augmented images of the same shape (strength s baked in).
-    num_augmentations: M augmentations per input.
-    tangent_dim: dimension of the augmentation and data tangents.
-    k_neighbours: neighbourhood size of the local-PCA data tangent.
-
-  Returns:
-    `geometry.geometry_report` dict.
-  """
-  aug_key, report_key = jax.random.split(key)
-  h = model.encode(images)
-  z = model.project(h)
-  aug_keys = jax.random.split(aug_key, num_augmentations)
-  h_aug = jnp.stack([model.encode(augment_fn(k, images)) for k in aug_keys], axis=1)  # (N, M, D)
-  z_aug = jax.vmap(model.project, in_axes=1, out_axes=1)(h_aug)
-  # G_x = ∂g/∂h at f(x), one row at a time (the projector must accept a batch of one).
-  jacobians = geometry.projector_jacobians(lambda v: model.project(v[None])[0], h)
-  return geometry.geometry_report(
-      h, z, jacobians=jacobians, aug_tangents=geometry.sample_tangents(h_aug, tangent_dim),
-      data_tangents=geometry.data_tangents_knn(h, k_neighbours, tangent_dim), h_aug=h_aug,
-      z_aug=z_aug, key=report_key)
+from mclr_jax import cli
+from mclr_jax.data import spirograph
+from mclr_jax.evaluate import model as model_lib
+from mclr_jax.evaluate import suite as suite_lib
+from mclr_jax.evaluate.model import EvaluationError
+from mclr_jax.train.views import spirograph_ranges
 
 
-def flatten_report(strength: float, report: dict) -> dict:
-  """One table row: the scalars of a geometry report at augmentation strength s."""
-  row = dict(strength=strength)
+def with_strength(config: ml_collections.ConfigDict, strength: float) -> ml_collections.ConfigDict:
+  """A copy of `config` whose augmentation has strength s (docs/method.md §10.5, §14.7)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.data.name == "spirograph":
+    ranges = spirograph.scaled_nuisance_ranges(strength, base=spirograph_ranges(config.data))
+    config.data.ranges = ml_collections.ConfigDict({k: tuple(v) for k, v in ranges.items()})
+  else:
+    config.data.jitter_strength = tuple(strength * v for v in config.data.jitter_strength)
+  return config
+
+
+def probe_run(model, key, num_points: int, num_views: int, strength: Optional[float] = None,
+              out_dir: str = ".", data=None) -> dict:
+  """The geometry report of one model (optionally under augmentation strength s)."""
+  if strength is not None:
+    model = dataclasses.replace(model, config=with_strength(model.config, strength))
+  options = suite_lib.SuiteOptions(geometry_points=num_points, geometry_views=num_views)
+  return suite_lib.run_suite(model, ["geometry"], key, out_dir, data=data,
+                             options=options)["geometry"]
+
+
+def flatten_report(label, report: dict) -> dict:
+  """One table row: the scalars of a geometry report."""
+  row = dict(run=label)
   for name in ("encoder", "projector"):
     spectrum = report["spectra"][name]
     row[f"{name}_effective_rank"] = spectrum["effective_rank"]
@@ -84,83 +87,38 @@ def tabulate(rows: list[dict]) -> str:
   return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
-def _restore_model(workdir):
-  from mclr_jax.train.checkpoint import restore_model  # pylint: disable=import-outside-toplevel
-  return restore_model(workdir)
-
-
-def _load_probe_data(workdir, strength, num_points):
-  """(images (N, H, W, 3) preprocessed, augment_fn(key, images)) for the run in `workdir` at
-  augmentation strength s (docs/method.md §14).
-
-  Spirograph: held-out θ rendered with nuisance ranges scaled by s around their midpoints
-  (`spirograph.scaled_nuisance_ranges`); augmenting re-renders the same θ with fresh α, so the
-  `images` argument only fixes which rows are meant. Images: the test split, eval-preprocessed; an
-  augmentation is the SimCLR pipeline with colour-jitter strengths scaled by s.
-  """
-  # pylint: disable=import-outside-toplevel
-  from mclr_jax.data import augment, spirograph
-  from mclr_jax.data.datasets import get_dataset_info
-  from mclr_jax.train.checkpoint import read_config
-  from mclr_jax.train.data import load_image_split, spirograph_split
-
-  config = read_config(workdir)
-  data = config.data
-  if data.name == "spirograph":
-    content = tuple(data.content)
-    ranges = spirograph.scaled_nuisance_ranges(strength)
-    theta, _ = spirograph.split_params(jnp.asarray(spirograph_split(data, "test")[:num_points]),
-                                       content)
-
-    def augment_fn(key, images):
-      del images  # the rows are the θ above
-      alpha = spirograph.sample_nuisance(key, (theta.shape[0],), ranges, content)
-      return spirograph.render(spirograph.merge_params(theta, alpha, content),
-                               normalization=data.normalization)
-
-    return augment_fn(jax.random.PRNGKey(0), None), augment_fn
-
-  info = get_dataset_info(data.name)
-  raw, _ = load_image_split(data, info.test_split)
-  raw = jnp.asarray(raw[:num_points])
-  jitter = tuple(strength * v for v in data.jitter_strength)
-
-  def augment_fn(key, images):
-    del images  # views of the same raw test images
-    return augment.simclr_augment(key, raw, out_size=info.image_size, mean=info.mean,
-                                  std=info.std, jitter_strength=jitter)
-
-  return augment.eval_preprocess(raw, info), augment_fn
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdirs", required=True, help="comma-separated, one per strength")
-  parser.add_argument("--strengths", required=True, help="comma-separated floats")
+  parser.add_argument("--workdirs", required=True, help="comma-separated trained runs")
+  parser.add_argument("--strengths", default="",
+                      help="comma-separated augmentation strengths, one per workdir (default: "
+                      "each run's own augmentation)")
   parser.add_argument("--output_dir", required=True)
-  parser.add_argument("--num_points", type=int, default=2000)
-  parser.add_argument("--num_augmentations", type=int, default=32)
+  parser.add_argument("--num_points", type=int, default=2000, help="held-out inputs N")
+  parser.add_argument("--num_views", type=int, default=32, help="augmented views per input V")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  workdirs = args.workdirs.split(",")
-  strengths = [float(s) for s in args.strengths.split(",")]
+  workdirs = [w for w in args.workdirs.split(",") if w]
+  strengths = [float(s) for s in args.strengths.split(",") if s] or [None] * len(workdirs)
   if len(workdirs) != len(strengths):
-    raise ValueError(f"--workdirs has {len(workdirs)} entries but --strengths {len(strengths)}.")
+    raise EvaluationError(f"--workdirs has {len(workdirs)} entries but --strengths "
+                          f"{len(strengths)}; give one strength per workdir, or none.")
   os.makedirs(args.output_dir, exist_ok=True)
   rows = []
-  for workdir, strength in zip(workdirs, strengths):
-    model = _restore_model(workdir)
-    images, augment_fn = _load_probe_data(workdir, strength, args.num_points)
-    report = probe_model(jax.random.PRNGKey(args.seed), model, images, augment_fn,
-                         args.num_augmentations)
-    with open(os.path.join(args.output_dir, f"geometry_s{strength:g}.json"), "w") as f:
-      json.dump(dict(workdir=workdir, strength=strength, **report), f, indent=1)
-    rows.append(flatten_report(strength, report))
+  for i, (workdir, strength) in enumerate(zip(workdirs, strengths)):
+    model = model_lib.restore_model(workdir)
+    report = probe_run(model, jax.random.key(args.seed), args.num_points, args.num_views,
+                       strength, out_dir=args.output_dir)
+    with open(os.path.join(args.output_dir, f"geometry_{i}.json"), "w") as f:
+      json.dump(dict(workdir=workdir, strength=strength, step=model.step, **report), f, indent=1)
+    label = os.path.basename(workdir.rstrip("/")) + ("" if strength is None else f"@{strength:g}")
+    rows.append(flatten_report(label, report))
   table = tabulate(rows)
   with open(os.path.join(args.output_dir, "geometry_table.txt"), "w") as f:
     f.write(table + "\n")
   print(table)
+  print(f"Written to {args.output_dir}/geometry_*.json and geometry_table.txt")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)

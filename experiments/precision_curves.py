@@ -27,7 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ as a package
 
-from mclr_jax.evaluate import runner  # noqa: E402
+from mclr_jax import cli  # noqa: E402
+from mclr_jax.evaluate import model as model_lib  # noqa: E402
+from mclr_jax.evaluate import suite as suite_lib  # noqa: E402
 from mclr_jax.train import loop  # noqa: E402
 
 PRECISIONS = {"float32": False, "bfloat16": True}
@@ -62,8 +64,9 @@ def train_one(config, workdir: str) -> dict:
   state = loop.train_and_evaluate(config, workdir)
   probe = {}
   if config.data.name == "spirograph":
-    model = runner.model_from_state(config, state)
-    probe = runner.evaluate_spirograph(model, config, jax.random.key(config.seed + 3))
+    model = model_lib.model_from_state(config, state)
+    probe = suite_lib.run_suite(model, ["probe"], jax.random.key(config.seed + 3),
+                                workdir)["probe"]
   with open(done_path, "w") as f:
     json.dump(probe, f, indent=2)
   return probe
@@ -164,8 +167,7 @@ def main(argv=None):
     verdict = {True: "within noise", False: "DIFFERENT", None: "n/a (one seed)"}[s["within_noise"]]
     print(f"{metric:<12}{cells}{s['gap']:>10.4f}{2 * s['stderr']:>10.4f}  {verdict}")
   print(f"Written to {args.out}/precision.json and precision.png")
-  return result
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)

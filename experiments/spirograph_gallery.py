@@ -13,17 +13,18 @@ import os
 import jax
 import numpy as np
 
+from mclr_jax import cli
 from mclr_jax.data import spirograph
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--num", type=int, default=64, help="number of i.i.d. samples")
   parser.add_argument("--views", type=int, default=8, help="views per θ (and number of θ rows)")
   parser.add_argument("--normalization", default="row", choices=("row", "image"))
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
   os.makedirs(args.out, exist_ok=True)
   sample_key, theta_key, view_key = jax.random.split(jax.random.key(args.seed), 3)
@@ -41,4 +42,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)

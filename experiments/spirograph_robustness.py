@@ -13,6 +13,7 @@ Costs one probe fit per (workdir, shift, single/FA); minutes on a CPU at the def
 """
 
 import argparse
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -20,9 +21,11 @@ from typing import Sequence
 import jax
 import ml_collections
 
+from mclr_jax import cli
 from mclr_jax.data import spirograph
-from mclr_jax.evaluate import runner
-from mclr_jax.train.data import spirograph_split
+from mclr_jax.evaluate import model as model_lib
+from mclr_jax.evaluate import suite as suite_lib
+from mclr_jax.evaluate.model import EvaluationError
 from mclr_jax.train.views import spirograph_ranges
 
 BACKGROUND_WIDTHS = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -38,53 +41,43 @@ def default_shifts(base_ranges) -> list[tuple[str, dict]]:
   return shifts
 
 
-def _shifted_config(config, ranges) -> ml_collections.ConfigDict:
-  """A copy of `config` whose data.ranges render α from `ranges` (what runner's features read)."""
+def shifted_config(config, ranges, num_train: int, num_test: int) -> ml_collections.ConfigDict:
+  """A copy of `config` rendering α from `ranges`, its probe fitted on the first num_train
+  training θ and tested on the first num_test test θ."""
   shifted = ml_collections.ConfigDict(config.to_dict())
   shifted.data.ranges = ml_collections.ConfigDict({k: tuple(v) for k, v in ranges.items()})
+  shifted.eval.max_train_examples = num_train
+  shifted.eval.max_test_examples = num_test
   return shifted
 
 
-class _ShiftedModel:
-  """The same frozen encoder, seen through a config with shifted nuisance ranges."""
-
-  def __init__(self, model, config):
-    self._model, self.config = model, config
-
-  def encode(self, images, batch_size: int = 500):
-    return self._model.encode(images, batch_size)
-
-
-def robustness_sweep(model, config, shifts: Sequence[tuple[str, dict]], key, num_train: int,
+def robustness_sweep(model, shifts: Sequence[tuple[str, dict]], key, num_train: int,
                      num_test: int, fa_copies: int) -> list[dict]:
-  """Probe test MSE under each shifted nuisance distribution (docs/method.md §13).
+  """Probe test MSE under each shifted nuisance distribution (docs/method.md §13.2).
 
-  model: anything with `.encode(images (N, 32, 32, 3)) -> (N, D)` (a RestoredModel).
-  config: the model's config (content names, normalisation, probe L2, seed of the θ draws).
+  model: a Spirograph EvalModel (its config gives the content names, normalisation, probe L2 and
+    the seeded θ draws).
   shifts: [(name, ranges)] with ranges a full {parameter: (lo, hi)} mapping.
   key: seeds the α draws; the same key is used for every shift, so shifts differ only by ranges.
   num_train / num_test: probe-train θ (the first of the training draws) and test θ.
   fa_copies: M of feature averaging (docs/method.md §12); <= 1 reports single-view features only.
   Returns one dict per shift: {"shift", "ranges", "single": probe results, "fa": ... or None};
-  probe results hold "mse_mean", "r2_mean" and per-target entries (regression.spirograph_probe).
+  probe results are the evaluation suite's "probe" ("mse_mean", "r2_mean", per target).
   """
-  train10 = spirograph_split(config.data, "train")[:num_train]
-  test10 = spirograph_split(config.data, "test")[:num_test]
-  if len(train10) < num_train or len(test10) < num_test:
-    raise ValueError(f"num_train={num_train} / num_test={num_test} exceed the config's "
-                     f"data.num_train={config.data.num_train} / data.num_test="
-                     f"{config.data.num_test}; lower them or raise the config values.")
+  data = model.config.data
+  if num_train > data.num_train or num_test > data.num_test:
+    raise EvaluationError(f"num_train={num_train} / num_test={num_test} exceed the run's "
+                          f"data.num_train={data.num_train} / data.num_test={data.num_test}; "
+                          f"lower them.")
+  suites = ("probe", "feature_average") if fa_copies > 1 else ("probe",)
+  options = suite_lib.SuiteOptions(feature_average_copies=max(fa_copies, 1))
   rows = []
   for name, ranges in shifts:
-    shifted = _shifted_config(config, ranges)
-    view = _ShiftedModel(model, shifted)
-    row = {"shift": name, "ranges": {k: list(map(float, v)) for k, v in ranges.items()}}
-    row["single"] = runner.evaluate_spirograph(view, shifted, key, num_copies=1,
-                                               splits=(train10, test10))
-    row["fa"] = (runner.evaluate_spirograph(view, shifted, key, num_copies=fa_copies,
-                                            splits=(train10, test10))
-                 if fa_copies > 1 else None)
-    rows.append(row)
+    shifted = dataclasses.replace(model, config=shifted_config(model.config, ranges, num_train,
+                                                               num_test))
+    results = suite_lib.run_suite(shifted, suites, key, ".", options=options)
+    rows.append({"shift": name, "ranges": {k: list(map(float, v)) for k, v in ranges.items()},
+                 "single": results["probe"], "fa": results.get("feature_average")})
   return rows
 
 
@@ -125,7 +118,7 @@ def plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", action="append", required=True, help="trained run (repeatable)")
   parser.add_argument("--out", required=True, help="JSON output path; the plot goes next to it")
@@ -133,15 +126,18 @@ def main():
   parser.add_argument("--num_test", type=int, default=1024)
   parser.add_argument("--fa_copies", type=int, default=10)
   parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
-  from mclr_jax.train.checkpoint import restore_model  # pylint: disable=g-import-not-at-top
   results = {}
   for workdir in args.workdir:
-    model = restore_model(workdir)
+    model = model_lib.restore_model(workdir)
+    if not model.is_spirograph:
+      raise EvaluationError(f"{workdir} is a {model.config.data.name} run; this sweep shifts "
+                            f"Spirograph nuisance ranges.")
     shifts = default_shifts(spirograph_ranges(model.config.data))
-    results[workdir] = robustness_sweep(model, model.config, shifts, jax.random.key(args.seed),
-                                        args.num_train, args.num_test, args.fa_copies)
+    results[workdir] = robustness_sweep(model, shifts, jax.random.key(args.seed), args.num_train,
+                                        args.num_test, args.fa_copies)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
   png = os.path.splitext(args.out)[0] + ".png"
@@ -151,4 +147,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)

@@ -2,9 +2,10 @@
 
 Tiers: the default run (`python -m pytest -n 2 -q tests`) skips tests marked `slow` (training to a
 result, multi-device and multi-process runs, benchmark plumbing); `--runslow` adds them. Tests
-marked `gpu` need an accelerator and are skipped on a CPU-only JAX; `pytest -m gpu` on a GPU
-machine runs exactly them. Devices are simulated only by the tests that need several, each in a
-subprocess of its own, so every other test runs on the one CPU device.
+marked `gpu` need an accelerator and are skipped on a CPU-only JAX; `pytest -m gpu tests/gpu` on
+a GPU machine runs exactly them (`MCLR_GPU_TESTS_ON_CPU=1` runs them on the CPU instead). Devices
+are simulated only by the tests that need several, each in a subprocess of its own, so every other
+test runs on the one CPU device.
 """
 
 import os
@@ -20,6 +21,9 @@ def pytest_addoption(parser):
 
 
 def _accelerator_backend() -> bool:
+  # MCLR_GPU_TESTS_ON_CPU=1 runs the gpu tier on the CPU, to check its logic where no GPU is.
+  if os.environ.get("MCLR_GPU_TESTS_ON_CPU") == "1":
+    return True
   import jax  # pylint: disable=g-import-not-at-top
   return jax.default_backend() != "cpu"
 

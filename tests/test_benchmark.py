@@ -40,19 +40,66 @@ def test_expm_case_writes_one_row_per_method_and_dtype(tmp_path):
     assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
 
 
+def test_expm_methods_selects_a_subset(tmp_path):
+  # The J = 100 shape runs the action alone: the dense exponentials would not fit beside it.
+  out = tmp_path / "expm.json"
+  benchmark.main(["--case=expm", "--tiny", "--expm_shapes=2x4x3", "--expm_methods=expm_action",
+                  "--steps=1", "--warmup=0", f"--out={out}"])
+  assert {(r["case"], r["precision"]) for r in json.loads(out.read_text())} == {
+      ("expm/expm_action", "fp32"), ("expm/expm_action", "bf16")}
+  with pytest.raises(ValueError, match="expm_methods"):
+    benchmark.main(["--case=expm", "--tiny", "--expm_methods=eig", f"--out={out}"])
+
+
 def test_compiled_flops_matches_matmul_closed_form():
-  # XLA's cost model for an (n, n) @ (n, n) product is 2n³ FLOPs: the MFU numerator is this count.
+  # XLA's cost model for an (n, n) @ (n, n) product is 2n³ FLOPs: the MFU numerator is this count,
+  # taken from the lowered program (what the benchmark passes) or the compiled one.
   n = 32
   x = jnp.ones((n, n))
-  compiled = jax.jit(lambda a, b: a @ b).lower(x, x).compile()
-  assert benchmark.compiled_flops(compiled) == pytest.approx(2 * n**3, rel=0.05)
+  lowered = jax.jit(lambda a, b: a @ b).lower(x, x)
+  assert benchmark.compiled_flops(lowered) == pytest.approx(2 * n**3, rel=0.05)
+  assert benchmark.compiled_flops(lowered.compile()) == pytest.approx(2 * n**3, rel=0.05)
 
 
-def test_peak_flops_uses_override_then_table_then_none():
+def test_lowered_flops_count_convolutions():
+  # A 3×3 convolution, (1, 8, 8, 4) -> (1, 8, 8, 5) with SAME padding: 2·H·W·kh·kw·Cin·Cout FLOPs
+  # (interior pixels; the border does fewer MACs, so the count lies between 0.5 and 1 of this).
+  x = jnp.ones((1, 8, 8, 4))
+  w = jnp.ones((3, 3, 4, 5))
+  conv = lambda a, k: jax.lax.conv_general_dilated(a, k, (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  flops = benchmark.compiled_flops(jax.jit(conv).lower(x, w))
+  full = 2 * 8 * 8 * 3 * 3 * 4 * 5
+  assert 0.5 * full <= flops <= 1.05 * full
+
+
+def test_peak_flops_table_matches_the_data_sheet_ratios():
+  # Dense tensor-core peaks: bf16 is twice TF32 on Ampere and Hopper, and the H200 is the H100's
+  # chip (same peaks). A typo in the table would show as a broken ratio.
+  h100, h200, a100 = (benchmark.PEAK_FLOPS[k] for k in ("H100", "H200", "A100"))
+  for peaks in (h100, a100):
+    assert peaks["bf16"] == pytest.approx(2 * peaks["fp32"], rel=0.01)
+  assert h200 == h100
+  # Device kinds as JAX reports them select their row; an unknown device (the CPU) has no peak,
+  # so MFU is left out rather than made up.
+  assert benchmark.peak_flops_per_second("NVIDIA H100 80GB HBM3", "bf16", 0.0) == h100["bf16"]
+  assert benchmark.peak_flops_per_second("NVIDIA A100-SXM4-40GB", "fp32", 0.0) == a100["fp32"]
   assert benchmark.peak_flops_per_second("cpu", "fp32", 0.0) is None
-  assert benchmark.peak_flops_per_second("NVIDIA H100 80GB HBM3", "bf16", 0.0) == 989e12
-  assert benchmark.peak_flops_per_second("NVIDIA H100 80GB HBM3", "fp32", 0.0) == 494e12
-  assert benchmark.peak_flops_per_second("cpu", "fp32", 2.5) == 2.5e12
+
+
+def test_time_dispatch_does_not_wait_for_the_device():
+  # A step-sized computation (~0.1-1 s of matrix products on a CPU): with asynchronous dispatch the
+  # call returns long before the work is done, so the return time must be a small part of the
+  # per-call wall time. A timer that waited for each call would report them equal.
+  x = jnp.ones((512, 512)) / 512
+
+  @jax.jit
+  def work(x):
+    return jax.lax.fori_loop(0, 30, lambda _, y: jnp.tanh(y @ x), x)
+
+  jax.block_until_ready(work(x))
+  dispatch_s, per_call_s = benchmark.time_dispatch(lambda: work(x), steps=3)
+  assert 0 < dispatch_s < 0.2 * per_call_s, (dispatch_s, per_call_s)
 
 
 def test_parse_shapes_rejects_malformed_entries():
@@ -61,16 +108,40 @@ def test_parse_shapes_rejects_malformed_entries():
     benchmark.parse_shapes("20x512")
 
 
-def test_tiny_configs_are_the_named_cases():
-  # thresh cases must run best-of-J in the timed step (step 0 >= best_of_j_start).
-  config = benchmark.load_config(benchmark.CASES["thresh_stl_j100"], tiny=False,
-                                 half_precision=True, batch_size=512)
-  assert (config.manifold.num_samples, config.manifold.best_of_j_start) == (100, 0)
-  assert (config.manifold.dictionary_size, config.data.name, config.half_precision) == (
-      128, "stl10", True)
-  tiny = benchmark.load_config(benchmark.CASES["manifoldclr_c10"], tiny=True,
-                               half_precision=False, batch_size=512)
-  assert (tiny.batch_size, tiny.model.width, tiny.manifold.block_dim) == (16, 4, 8)
+def test_thresh_cases_run_best_of_j_in_the_timed_step():
+  # The goal cases time best-of-J, which the configs switch on only from step 5000.
+  for name, j in (("thresh_stl_j20", 20), ("thresh_stl_j100", 100)):
+    config = benchmark.load_config(benchmark.CASES[name], tiny=False, half_precision=True,
+                                   batch_size=512)
+    assert config.manifold.num_samples == j
+    assert config.manifold.best_of_j_start <= 0  # step 0 of the benchmark already selects
+    assert (config.batch_size, config.half_precision) == (512, True)
+
+
+@pytest.mark.parametrize("name", sorted(benchmark.CASES))
+def test_tiny_case_takes_the_same_code_paths_as_the_full_one(name):
+  # --tiny may shrink sizes, never change what the step does: same method, losses, projection,
+  # expm and selection methods, best-of-J on or off alike, same dataset and image size.
+  full, tiny = (benchmark.load_config(benchmark.CASES[name], tiny=t, half_precision=False,
+                                      batch_size=512) for t in (False, True))
+  sizes = {"batch_size", "model.width", "model.proj_hidden_dim", "model.proj_output_dim",
+           "manifold.block_dim", "manifold.dictionary_size", "manifold.encoder_hidden",
+           "manifold.prior_hidden", "manifold.num_samples"}
+
+  def flat(config, prefix=""):
+    out = {}
+    for key, value in config.items():
+      if hasattr(value, "items"):
+        out.update(flat(value, f"{prefix}{key}."))
+      else:
+        out[f"{prefix}{key}"] = value
+    return out
+
+  full_items, tiny_items = flat(full), flat(tiny)
+  changed = {k for k in full_items if full_items[k] != tiny_items[k]}
+  assert changed <= sizes, changed - sizes
+  assert (full.manifold.num_samples > 1) == (tiny.manifold.num_samples > 1)
+  assert tiny.batch_size < full.batch_size and tiny.model.width < full.model.width
 
 
 @pytest.mark.slow
@@ -85,6 +156,10 @@ def test_train_step_case_writes_complete_row(tmp_path):
     assert _positive_finite(row[key]), (key, row)
   # Images/s counts both views: 2·B per step.
   assert row["images_per_sec"] == pytest.approx(2 * 16 / (row["median_ms"] / 1e3))
+  # The host's side: time for the step call to return, against back-to-back steps.
+  for key in ("dispatch_ms", "pipelined_ms", "host_overhead_ratio"):
+    assert _positive_finite(row[key]), (key, row)
+  assert row["host_overhead_ratio"] == pytest.approx(row["dispatch_ms"] / row["pipelined_ms"])
   assert row["mfu"] is None and row["peak_bytes"] is None  # CPU: no peak FLOP/s, no memory stats
   assert set(row["breakdown_ms"]) == {
       "backbone_fwd_bwd", "coeff_nets_fwd_bwd", "transport_fwd_bwd_taylor",

@@ -1,9 +1,19 @@
-"""The training CLI's console filter: orbax's INFO chatter is dropped, its warnings and everything
-else are kept."""
+"""The command line: one-line errors with the right exit status (a typo'd config key with its
+suggestion, a bad value naming the key), and the console filter (orbax's INFO chatter is dropped,
+its warnings and everything else are kept). The full table of bad configs is in
+tests/reliability/test_bad_configs.py (slow tier)."""
 
 import logging
+import os
+import subprocess
+import sys
+
+from absl import flags
+import pytest
 
 from mclr_jax import cli
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _record(level, pathname):
@@ -17,3 +27,53 @@ def test_orbax_info_is_dropped_but_its_warnings_and_other_info_are_kept():
   assert quiet.filter(_record(logging.WARNING, orbax_file))
   assert quiet.filter(_record(logging.ERROR, orbax_file))
   assert quiet.filter(_record(logging.INFO, "/repo/mclr_jax/train/loop.py"))
+
+
+def _run_cli(*args, cwd=REPO_ROOT):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "mclr_jax.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _only_line(stderr: str) -> str:
+  """The one line a failed run printed on stderr (no traceback, nothing else)."""
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+  return lines[0]
+
+
+def test_a_typo_in_a_config_key_is_one_line_with_a_suggestion(tmp_path):
+  done = _run_cli("--config=configs/spirograph.py", f"--workdir={tmp_path}", "--config.bach_size=4")
+  assert done.returncode == 2
+  assert _only_line(done.stderr) == ("error: --config.bach_size: config has no key 'bach_size'; "
+                                     "did you mean --config.batch_size?")
+  assert not os.listdir(tmp_path)  # rejected before any work
+
+
+def test_a_nan_learning_rate_is_one_line_naming_the_key(tmp_path):
+  done = _run_cli("--config=configs/spirograph.py", f"--workdir={tmp_path}",
+                  "--config.optim.lr=nan")
+  assert done.returncode == 1
+  line = _only_line(done.stderr)
+  assert line.startswith("error: config.optim.lr=nan must be a finite number"), line
+  done = _run_cli("--config=configs/spirograph.py", f"--workdir={tmp_path}", "--verbose",
+                  "--config.optim.lr=nan")
+  assert done.returncode == 1 and "Traceback" in done.stderr  # --verbose shows where
+
+
+@pytest.mark.parametrize("error,argv,expected", [
+    (AttributeError('\'lrr\'\nDid you mean "lr" instead of "lrr"?'),
+     ["prog", "--workdir=w", "--config.optim.lrr=1"],
+     "--config.optim.lrr: config has no key 'optim.lrr'; did you mean --config.optim.lr?"),
+    (AttributeError('\'optm\'\nDid you mean "optim" instead of "optm"?'),
+     ["prog", "--config.optm.lr=1"],
+     "--config.optm.lr: config has no key 'optm.lr'; did you mean --config.optim.lr?"),
+    (KeyError("'nokey'"), ["prog", "--config.nokey=1"],
+     "Unknown config key 'nokey'; list the keys with --helpfull or read the config file."),
+    (flags.IllegalFlagValueError("flag --config=c.py:x: Error whilst parsing config file: "
+                                 "Traceback (most recent call last):\n  File \"c.py\", line 3\n"
+                                 "ValueError: Unknown variant 'x'"), ["prog"],
+     "flag --config=c.py:x: ValueError: Unknown variant 'x' (see --helpshort)."),
+])
+def test_flag_errors_become_one_line(error, argv, expected):
+  assert cli.describe_flag_error(error, argv) == expected

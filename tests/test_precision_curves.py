@@ -57,3 +57,16 @@ def test_read_losses_keeps_the_latest_value_of_a_resumed_step(tmp_path):
   steps, losses = precision_curves.read_losses(str(tmp_path))
   np.testing.assert_array_equal(steps, [8, 16, 24])
   np.testing.assert_array_equal(losses, [3.0, 2.4, 2.0])
+
+
+@pytest.mark.slow  # trains 2 precisions × 1 seed of the CPU Spirograph config
+def test_main_trains_both_precisions_and_writes_the_verdict(tmp_path, capsys):
+  out = tmp_path / "precision"
+  assert precision_curves.main(["--config=configs/spirograph.py:cpu", "--seeds=0", "--steps=4",
+                                "--log_every=2", f"--out={out}"]) is None
+  result = json.loads((out / "precision.json").read_text())
+  assert set(result["runs"]) == {"float32", "bfloat16"}
+  for runs in result["runs"].values():
+    assert np.isfinite(runs[0]["final_loss"]) and np.isfinite(runs[0]["probe_mse"])
+  assert (out / "precision.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "n/a (one seed)" in capsys.readouterr().out

@@ -12,7 +12,7 @@ class DatasetInfo:
   """What the input pipeline needs to know about one image dataset.
 
   Attributes:
-    name: the mclr_jax name ("cifar10", "stl10", "tinyimagenet").
+    name: the mclr_jax name ("cifar10", "cifar100", "stl10", "tinyimagenet").
     tfds_name: the TFDS builder name.
     train_splits: TFDS splits concatenated for self-supervised training.
     probe_train_split: labelled split the linear probe is trained on.
@@ -50,6 +50,22 @@ DATASETS: dict[str, DatasetInfo] = {
         num_classes=10,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2023, 0.1994, 0.2010),
+    ),
+    # docs/method.md §18.4. The mean and std are the per-channel pixel statistics of the 50k
+    # training images as commonly quoted for CIFAR-100 (e.g. in torchvision-based CIFAR code);
+    # the invariance paper's code divides by (0.2009, 0.1984, 0.2023) instead, a constant rescaling
+    # of the input that the stem's BatchNorm removes.
+    "cifar100": DatasetInfo(
+        name="cifar100",
+        tfds_name="cifar100",
+        train_splits=("train",),
+        probe_train_split="train",
+        test_split="test",
+        image_size=32,
+        source_size=32,
+        num_classes=100,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
     ),
     # docs/method.md §7: SSL on train+unlabelled (105k) at 64 px from the 96 px source; the probe
     # sees resize-70 → center-crop-64.

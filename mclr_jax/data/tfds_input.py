@@ -86,7 +86,7 @@ def load_split(name: str, split: str | Sequence[str],
   """Reads a prepared TFDS split fully into host memory.
 
   Args:
-    name: "cifar10", "stl10" or "tinyimagenet" (see `datasets.DATASETS`).
+    name: "cifar10", "cifar100", "stl10" or "tinyimagenet" (see `datasets.DATASETS`).
     split: a TFDS split name, or a sequence of them to concatenate (e.g. `info.train_splits`,
       STL-10's ("train", "unlabelled") for self-supervised training).
     data_dir: TFDS data directory; None means TFDS's default (~/tensorflow_datasets).

@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mclr_jax.evaluate import regression
+from mclr_jax.losses import l2_normalize
+
 
 # --- docs/method.md §14.1: spectrum and dimension ---------------------------------------------
 
@@ -174,7 +177,7 @@ def conditional_variance_sketch(key, r, num_probes: int = 10) -> float:
   r: (N, M, d); r̂ is r L2-normalised over d. In expectation over ε this is E_x tr Cov_α(r̂).
   """
   r = jnp.asarray(r, jnp.float32)
-  r_hat = r / jnp.maximum(jnp.linalg.norm(r, axis=-1, keepdims=True), 1e-12)
+  r_hat = l2_normalize(r)
   eps = jax.random.rademacher(key, (num_probes, r.shape[-1]), dtype=jnp.float32)
   proj = jnp.einsum("nmd,pd->pnm", r_hat, eps)
   return float(jnp.mean(jnp.var(proj, axis=-1)))
@@ -183,26 +186,20 @@ def conditional_variance_sketch(key, r, num_probes: int = 10) -> float:
 def nuisance_decodability(train_r, train_alpha, test_r, test_alpha, l2: float = 1e-8) -> np.ndarray:
   """α-decodability (docs/method.md §13): test MSE / Var(α) per nuisance dimension, 1 = undecodable.
 
-  Ridge regression with an unpenalised bias, minimising mean squared error + l2·‖W‖² in closed
-  form in float64. train_r (N, d), train_alpha (N, P), test_r (M, d), test_alpha (M, P) -> (P,).
+  The closed-form ridge probe of `regression.py` (mean squared error + l2·‖W‖², unpenalised bias,
+  float64). train_r (N, d), train_alpha (N, P), test_r (M, d), test_alpha (M, P) -> (P,).
   """
-  x = np.asarray(train_r, np.float64)
-  y = np.asarray(train_alpha, np.float64).reshape(len(x), -1)
-  x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
-  xc, yc = x - x_mean, y - y_mean
-  n = len(x)
-  # Normal equations of (1/n)‖Xc W − Yc‖² + l2‖W‖²; centring makes the bias exact and unpenalised.
-  w = np.linalg.solve(xc.T @ xc / n + l2 * np.eye(x.shape[1]), xc.T @ yc / n)
-  test_y = np.asarray(test_alpha, np.float64).reshape(len(test_r), -1)
-  pred = (np.asarray(test_r, np.float64) - x_mean) @ w + y_mean
-  return np.mean((pred - test_y) ** 2, axis=0) / test_y.var(axis=0)
+  train_alpha = np.asarray(train_alpha, np.float64).reshape(len(train_r), -1)
+  test_alpha = np.asarray(test_alpha, np.float64).reshape(len(test_r), -1)
+  params = regression.fit_linear_regression(train_r, train_alpha, l2)
+  mse = np.mean((regression.predict(params, test_r) - test_alpha) ** 2, axis=0)
+  return mse / test_alpha.var(axis=0)
 
 
 # --- docs/method.md §14: one report per checkpoint --------------------------------------------
 
 def _l2_normalize(x):
-  x = np.asarray(x, np.float64)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  return np.asarray(l2_normalize(jnp.asarray(x, jnp.float32)), np.float64)
 
 
 def geometry_report(h, z, *, jacobians=None, aug_tangents=None, data_tangents=None,

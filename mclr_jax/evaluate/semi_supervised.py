@@ -1,23 +1,26 @@
-"""Semi-supervised classification on frozen features (docs/method.md §8 "Paper semi-supervised
+"""Semi-supervised classification on frozen features (docs/method.md §8.5 "Paper semi-supervised
 experiment").
 
 Per trial, `labels_per_class` labelled rows per class are drawn with the trial's seed; every other
 train row is unlabelled. An MLP D→hidden→LeakyReLU(0.01)→C is trained for `num_steps` steps on
 CE(labelled batch) + w·consistency(unlabelled batch), with Adam + coupled L2 (torch style), and its
-EMA copy (momentum 0.999) is evaluated on the test set. Consistency options (docs/method.md §8):
+EMA copy (momentum 0.999) is evaluated on the test set. The consistency terms are the pure functions
+below (docs/method.md §8.5):
 
-- "transport" / "none": FixMatch-style pseudo-labelling. pseudo = argmax softmax(clf(z_u)) (no
-  gradient), kept where its probability exceeds `confidence`; CE(clf(aug(z_u)), pseudo) summed over
-  kept rows and divided by the full unlabelled batch size. "transport" uses the caller's
-  `augment_fn(key, z (n, D)) -> (n, D)` (the evaluation suite passes z ↦ transport(psi, c ~ prior(z), z) with
-  λ = 0); "none" uses the identity (plain pseudo-labelling).
-- "mixup" ("MMICT"): λ ~ Beta(0.5, 0.5) per row, z_mix = λ z_u + (1−λ) z_u[perm]; the target is the
-  same mix of the EMA classifier's softmaxes; MSE on probabilities, averaged over rows and classes.
+- "transport" / "none": `pseudo_label_consistency`, FixMatch-style pseudo-labelling of clf(aug(z_u))
+  against argmax softmax(clf(z_u)). "transport" uses the caller's `augment_fn(key, z (n, D)) ->
+  (n, D)` (the evaluation suite passes z ↦ transport(psi, c ~ prior(z), z) with λ = 0); "none"
+  uses the identity (plain pseudo-labelling).
+- "mixup" ("MMICT"): `mixup_consistency`, λ ~ Beta(0.5, 0.5) per row, the mixing partner an
+  independent unlabelled batch (as the authors' code), the target the same mix of the EMA
+  classifier's softmaxes, squared error on probabilities.
 
+The labelled batch is drawn without replacement each step (min(labelled_batch, number labelled)
+distinct rows, as a shuffled loader gives); the unlabelled batch with replacement (a permutation
+of ~50k rows per step would dominate the cost; a batch of 480 from 50k rows repeats about two).
 All trials run in one jitted call: `jax.vmap` over trial keys, `lax.scan` over steps; the feature
-arrays are shared (not copied) across trials. Mini-batches are drawn i.i.d. with replacement each
-step (the reference uses shuffled loaders; for 10k steps the difference is immaterial).
-Accuracies are fractions in [0, 1]; `std` is the population std (ddof=0) over trials.
+arrays are shared (not copied) across trials. Accuracies are fractions in [0, 1]; `std` is the
+population std (ddof=0) over trials.
 """
 
 import functools
@@ -73,6 +76,43 @@ def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def sample_rows(key, rows, size: int, replace: bool):
+  """`size` entries of the index vector rows (n,): with replacement, or distinct (size <= n)."""
+  if replace:
+    return rows[jax.random.randint(key, (size,), 0, rows.shape[0])]
+  return rows[jax.random.permutation(key, rows.shape[0])[:size]]
+
+
+def pseudo_label_consistency(logits, logits_aug, confidence: float):
+  """FixMatch-style consistency of one unlabelled batch (docs/method.md §8.5).
+
+  logits: (B, C) the classifier on z_u (no gradient flows through it); logits_aug: (B, C) the
+  classifier on aug(z_u). With p = softmax(logits): Σ_b 1[max_c p_bc > confidence] ·
+  CE(logits_aug_b, argmax_c p_bc) / B, a sum over the confident rows divided by the whole batch.
+  Returns () float32.
+  """
+  probs = jax.lax.stop_gradient(jax.nn.softmax(logits))
+  mask = jnp.max(probs, axis=-1) > confidence
+  ce = _cross_entropy(logits_aug, jnp.argmax(probs, axis=-1))
+  return jnp.sum(jnp.where(mask, ce, 0.0)) / logits.shape[0]
+
+
+def mixup(lam, a, b):
+  """λ a + (1 − λ) b row-wise; lam (B, 1), a and b (B, d) -> (B, d)."""
+  return lam * a + (1.0 - lam) * b
+
+
+def mixup_consistency(logits_mixed, target_probs, partner_probs, lam):
+  """Mixup ("MMICT") consistency (docs/method.md §8.5): mean over rows and classes of
+  (softmax(logits_mixed) − [λ p + (1 − λ) p'])², with no gradient through the target.
+
+  logits_mixed: (B, C) the classifier on mixup(λ, z_u, z_u'); target_probs, partner_probs: (B, C)
+  the EMA classifier's probabilities of z_u and of its partner z_u'; lam: (B, 1). Returns ().
+  """
+  target = jax.lax.stop_gradient(mixup(lam, target_probs, partner_probs))
+  return jnp.mean((jax.nn.softmax(logits_mixed) - target) ** 2)
+
+
 def _run_trial(trial_key, train_x, train_y, test_x, test_y, *, model, augment_fn, augmentation,
                use_consistency, num_classes, labels_per_class, num_steps, labelled_batch,
                unlabelled_batch, lr, weight_decay, ema, consistency_weight, confidence):
@@ -82,31 +122,26 @@ def _run_trial(trial_key, train_x, train_y, test_x, test_y, *, model, augment_fn
   params = model.init(init_key, train_x[:1])
   tx = coupled_adam(lr, weight_decay)
 
-  def consistency(p, ema_p, z_u, key):
+  def consistency(p, ema_p, key):
+    rows_key, partner_key, lam_key, aug_key = jax.random.split(key, 4)
+    z_u = train_x[sample_rows(rows_key, unlabelled, unlabelled_batch, replace=True)]
     if augmentation == "mixup":
-      lam_key, perm_key = jax.random.split(key)
-      lam = jax.random.beta(lam_key, 0.5, 0.5, (z_u.shape[0], 1))
-      perm = jax.random.permutation(perm_key, z_u.shape[0])
-      probs = jax.nn.softmax(model.apply(ema_p, z_u))
-      target = jax.lax.stop_gradient(lam * probs + (1 - lam) * probs[perm])
-      mixed = lam * z_u + (1 - lam) * z_u[perm]
-      return jnp.mean((jax.nn.softmax(model.apply(p, mixed)) - target) ** 2)
-    probs = jax.lax.stop_gradient(jax.nn.softmax(model.apply(p, z_u)))
-    pseudo = jnp.argmax(probs, axis=-1)
-    mask = jnp.max(probs, axis=-1) > confidence
-    z_aug = z_u if augmentation == "none" else jax.lax.stop_gradient(augment_fn(key, z_u))
-    # Sum over confident rows / full batch size (docs/method.md §8), not a mean over the kept rows.
-    return jnp.sum(mask * _cross_entropy(model.apply(p, z_aug), pseudo)) / z_u.shape[0]
+      partner = train_x[sample_rows(partner_key, unlabelled, unlabelled_batch, replace=True)]
+      lam = jax.random.beta(lam_key, 0.5, 0.5, (unlabelled_batch, 1))
+      teacher = lambda z: jax.nn.softmax(model.apply(ema_p, z))
+      return mixup_consistency(model.apply(p, mixup(lam, z_u, partner)), teacher(z_u),
+                               teacher(partner), lam)
+    z_aug = z_u if augmentation == "none" else jax.lax.stop_gradient(augment_fn(aug_key, z_u))
+    return pseudo_label_consistency(model.apply(p, z_u), model.apply(p, z_aug), confidence)
 
   def loss_fn(p, ema_p, step_key):
-    # The same three keys are drawn whether or not the consistency term is used, so the supervised
+    # The same keys are drawn whether or not the consistency term is used, so the supervised
     # baseline sees exactly the labelled batches that the semi-supervised run sees.
-    lab_key, unl_key, aug_key = jax.random.split(step_key, 3)
-    rows = labelled[jax.random.randint(lab_key, (labelled_batch,), 0, labelled.shape[0])]
+    lab_key, unl_key = jax.random.split(step_key)
+    rows = sample_rows(lab_key, labelled, min(labelled_batch, labelled.shape[0]), replace=False)
     loss = jnp.mean(_cross_entropy(model.apply(p, train_x[rows]), train_y[rows]))
     if use_consistency:
-      u_rows = unlabelled[jax.random.randint(unl_key, (unlabelled_batch,), 0, unlabelled.shape[0])]
-      loss = loss + consistency_weight * consistency(p, ema_p, train_x[u_rows], aug_key)
+      loss = loss + consistency_weight * consistency(p, ema_p, unl_key)
     return loss
 
   def step(carry, step_index):

@@ -1,4 +1,7 @@
-"""The ResNet backbone: torchvision's BasicBlock ResNet with a 3×3 stem (docs/method.md §6).
+"""The ResNet backbone: torchvision's ResNet with a 3×3 stem (docs/method.md §6, §18.3).
+
+ResNet-18 (BasicBlock, the ManifoldCLR backbone) and ResNet-50 (Bottleneck, expansion 4, the
+invariance paper's CIFAR backbone) share the stem, stage layout and initialisation.
 
 The reference uses torchvision's ResNet-18 with random init, `fc` replaced by the identity and
 `conv1` replaced by a fresh 3×3 stride-1 convolution. On 32 px images (CIFAR) the max-pool is removed;
@@ -40,6 +43,7 @@ class BasicBlock(nn.Module):
   strides: int = 1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  expansion = 1  # output channels per `features`
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -61,25 +65,64 @@ class BasicBlock(nn.Module):
     return nn.relu(y + shortcut)
 
 
+class Bottleneck(nn.Module):
+  """torchvision's Bottleneck (ResNet v1.5): 1×1 → 3×3 (carrying the stride) → 1×1 conv-BN layers
+  with `expansion`× as many output channels as the bottleneck, and a 1×1 conv-BN projection
+  shortcut where the shape changes (docs/method.md §18.3).
+
+  x: (B, H, W, C) -> (B, H/stride, W/stride, expansion·features).
+  """
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  expansion = 4  # output channels per `features`
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_kernel, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype)
+    out = self.features * self.expansion
+    y = nn.relu(norm(name="bn1")(conv(self.features, (1, 1), padding="VALID", name="conv1")(x)))
+    y = conv(self.features, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = nn.relu(norm(name="bn2")(y))
+    y = norm(name="bn3")(conv(out, (1, 1), padding="VALID", name="conv3")(y))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != out:
+      shortcut = conv(out, (1, 1), strides=self.strides, padding="VALID", name="shortcut_conv")(x)
+      shortcut = norm(name="shortcut_bn")(shortcut)
+    return nn.relu(y + shortcut)
+
+
 class ResNet(nn.Module):
-  """BasicBlock ResNet backbone with a 3×3 stem and no classifier (docs/method.md §6).
+  """ResNet backbone with a 3×3 stem and no classifier (docs/method.md §6, §18.3).
 
   Attributes:
-    stage_sizes: blocks per stage; stage s has width·2^s channels and stride 2 from stage 2 on.
-    width: channels of the stem and the first stage (64 for the paper's ResNet-18).
+    stage_sizes: blocks per stage; stage s has width·2^s (bottleneck) channels and stride 2 from
+      stage 2 on.
+    block_cls: BasicBlock (ResNet-18) or Bottleneck (ResNet-50).
+    width: channels of the stem and the first stage (64 for the papers' networks).
     stem: "cifar" (no max-pool, 32 px) or "imagenet64" (3×3 stride-2 max-pool, 64 px inputs).
     dtype: computation dtype (float32, or bfloat16 for mixed precision).
     param_dtype: parameter dtype (float32).
 
-  `__call__(x (B, H, W, 3) float, train)` -> features (B, width·2^(len(stage_sizes)−1)) float32,
-  i.e. (B, 8·width) for ResNet-18. `train=True` normalises with batch statistics and updates the
-  `batch_stats` collection (pass `mutable=["batch_stats"]`); `train=False` uses the running ones.
+  `__call__(x (B, H, W, 3) float, train)` -> features (B, feature_dim) float32 with feature_dim =
+  width·2^(len(stage_sizes)−1)·expansion, i.e. (B, 8·width) for ResNet-18 and (B, 32·width) for
+  ResNet-50. `train=True` normalises with batch statistics and updates the `batch_stats`
+  collection (pass `mutable=["batch_stats"]`); `train=False` uses the running ones.
   """
   stage_sizes: Sequence[int]
+  block_cls: Any = BasicBlock
   width: int = 64
   stem: str = "cifar"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+
+  @property
+  def feature_dim(self) -> int:
+    return self.width * 2 ** (len(self.stage_sizes) - 1) * self.block_cls.expansion
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -100,10 +143,22 @@ class ResNet(nn.Module):
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.width * 2 ** stage, strides=strides, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name=f"stage{stage + 1}_block{block}")(x, train)
+        x = self.block_cls(self.width * 2 ** stage, strides=strides, dtype=self.dtype,
+                           param_dtype=self.param_dtype,
+                           name=f"stage{stage + 1}_block{block}")(x, train)
     # Global average pool, accumulated in float32 so bf16 training hands float32 features downstream.
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+
+# config.model.arch -> the backbone constructor (docs/method.md §6, §18.3).
+ARCHITECTURES = {"resnet18": ResNet18, "resnet50": ResNet50}
+
+
+def backbone(arch: str, **kwargs) -> ResNet:
+  """The ResNet named `arch` ("resnet18" | "resnet50") with the given attributes."""
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"Unknown backbone arch={arch!r}; use one of {tuple(ARCHITECTURES)}.")
+  return ARCHITECTURES[arch](**kwargs)

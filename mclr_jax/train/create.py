@@ -16,20 +16,22 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   return int(config.num_epochs * steps_per_epoch)
 
 
-def create_train_state(config, key, steps_per_epoch: int):
-  """Returns (networks, state, tx, schedules) with freshly initialised parameters."""
+def create_train_state(config, key, steps_per_epoch: int, sharding=None):
+  """Returns (networks, state, tx, schedules) with freshly initialised parameters, placed with
+  `sharding` if given (with several processes, a state can only be made in place: an array of one
+  process's device cannot be put on a sharding that spans the others')."""
   networks = objective.build_networks(config)
   tx, schedules = optimizer_lib.make_optimizer(config.optim, steps_per_epoch,
                                                total_train_steps(config, steps_per_epoch))
 
-  @jax.jit
   def init(key):
-    # Jitted: eager initialisation of a ResNet dispatches hundreds of small ops (~10 s on CPU).
     params, batch_stats = objective.init_variables(networks, config, key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=tx.init(params))
 
-  state = init(key)
+  # Jitted: eager initialisation of a ResNet dispatches hundreds of small ops (~10 s on CPU). The
+  # key is a constant of the program, so no input has to be placed first.
+  state = jax.jit(lambda: init(key), out_shardings=sharding)()
   return networks, state, tx, schedules
 
 

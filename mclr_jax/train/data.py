@@ -23,13 +23,16 @@ class TrainData:
   make_iterator: Callable[[int], Iterator[dict]]  # start_step -> per-process host batches
   num_examples: int
   steps_per_epoch: int
+  batch_spec: dict  # {key: jax.ShapeDtypeStruct} of one global batch
 
 
 def spirograph_split(data: ml_collections.ConfigDict, split: str) -> np.ndarray:
   """All 10 parameters of the seeded train or test draws, (N, 10) float32 (docs/method.md §10)."""
   n = data.num_train if split == "train" else data.num_test
   key = jax.random.fold_in(jax.random.key(data.seed), 0 if split == "train" else 1)
-  with jax.default_device(jax.devices("cpu")[0]):
+  # This process's own CPU device: jax.devices() lists every process's, and only local ones hold
+  # arrays this process can read.
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
     return np.asarray(spirograph.sample_params(key, n, spirograph_ranges(data)), np.float32)
 
 
@@ -59,4 +62,6 @@ def make_train_data(config: ml_collections.ConfigDict, process_index: int = 0,
     for batch in it:
       yield {key: batch["image"]}
 
-  return TrainData(make_iterator, len(arrays[0]), len(arrays[0]) // config.batch_size)
+  spec = jax.ShapeDtypeStruct((config.batch_size,) + arrays[0].shape[1:], arrays[0].dtype)
+  return TrainData(make_iterator, len(arrays[0]), len(arrays[0]) // config.batch_size,
+                   {key: spec})

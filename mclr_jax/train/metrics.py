@@ -1,25 +1,91 @@
-"""Training metrics: clu.metrics averages on device, and writers for the console, JSONL and TensorBoard.
+"""Training metrics: accumulated on the device, and writers for the console, JSONL and TensorBoard.
+
+`StepMetrics` is what the jitted step carries between two log boundaries: clu averages of every
+scalar metric and the record of the first non-finite step. The host reads it only at a log or
+checkpoint boundary, so between them the training loop never waits for the device.
 
 `metrics.jsonl` (one JSON object per logged step or evaluation, always with "step") is always
-written. TensorBoard summaries are written through `clu.metric_writers` when TensorFlow is installed;
-clu's writers import TensorFlow, so they are imported lazily here and never by the training core.
+written; on resume, rows after the restored step are dropped (`JsonlWriter.truncate_after`), so
+every step appears once. TensorBoard summaries are written through `clu.metric_writers` when
+TensorFlow is installed; clu's writers import TensorFlow, so they are imported lazily here and never
+by the training core.
 """
 
+import functools
 import json
 import logging
 import math
 import os
 import time
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
+
+NONFINITE_PREFIX = "nonfinite/"
 
 
 def make_collection(names):
   """A clu Collection class averaging each named scalar over the steps it is merged across."""
   return clu_metrics.Collection.create(**{n: clu_metrics.Average.from_output(n) for n in names})
+
+
+@flax.struct.dataclass
+class StepMetrics:
+  """The metrics of the steps since the last log boundary, kept on the device.
+
+  averages: a clu Collection averaging every scalar metric over the window's steps.
+  first_nonfinite: () int32, the index (0-based) of the window's first step whose update was
+    refused as non-finite, or -1. (clu has no "first event" metric, hence this field.)
+  nonfinite: {check: () bool} the checks that failed at that step.
+  checks: the check names in the order a stop reports them (static: step.CHECKS's order).
+  """
+  averages: Any
+  first_nonfinite: jax.Array
+  nonfinite: dict
+  checks: tuple = flax.struct.field(pytree_node=False, default=())
+
+  @classmethod
+  def empty(cls, metrics: Mapping[str, Any], check_order=()) -> "StepMetrics":
+    """An empty window for the step's metrics `metrics` (arrays or their shapes); its checks are
+    reported in `check_order` (jax returns a step's metric dict sorted by name)."""
+    names = [k for k in metrics if not k.startswith(NONFINITE_PREFIX)]
+    checks = [k[len(NONFINITE_PREFIX):] for k in metrics if k.startswith(NONFINITE_PREFIX)]
+    rank = {c: i for i, c in enumerate(check_order)}
+    checks.sort(key=lambda c: rank.get(c, len(rank)))
+    return cls(averages=make_collection(names).empty(),
+               first_nonfinite=jnp.asarray(-1, jnp.int32),
+               nonfinite={c: jnp.asarray(False) for c in checks}, checks=tuple(checks))
+
+  @property
+  def clean(self) -> jax.Array:
+    """() bool: no step of the window was refused."""
+    return self.first_nonfinite < 0
+
+  def add(self, metrics: Mapping[str, jax.Array], step: jax.Array) -> "StepMetrics":
+    """The window with one more step's `metrics` (train_step's output) at index `step`; jittable."""
+    flags = {c: metrics[NONFINITE_PREFIX + c] > 0 for c in self.nonfinite}
+    bad = functools.reduce(jnp.logical_or, flags.values(), jnp.asarray(False))
+    first = self.clean & bad
+    averages = self.averages.merge(type(self.averages).single_from_model_output(**metrics))
+    return self.replace(averages=averages,
+                        first_nonfinite=jnp.where(first, step, self.first_nonfinite),
+                        nonfinite={c: jnp.where(first, flags[c], v)
+                                   for c, v in self.nonfinite.items()})
+
+  def failed_checks(self) -> tuple[Optional[int], list[str]]:
+    """On the host: (the first refused step or None, the names of its failed checks in order)."""
+    first, flags = jax.device_get((self.first_nonfinite, self.nonfinite))
+    if first < 0:
+      return None, []
+    return int(first), [c for c in self.checks if flags[c]]
+
+  def means(self) -> dict:
+    """On the host: {name: mean over the window} as Python floats."""
+    return device_get_scalars(self.averages.compute())
 
 
 class JsonlWriter:
@@ -34,6 +100,28 @@ class JsonlWriter:
     record.update({k: _to_json_number(v) for k, v in scalars.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+
+  def truncate_after(self, step: int) -> int:
+    """Drops the rows logged after `step` (a resumed run logs them again) and any line that does
+    not parse (the partial last line of a run killed, or stopped by a full disk, while writing).
+    Rewrites the file atomically; returns how many lines were dropped."""
+    if not os.path.exists(self.path):
+      return 0
+    with open(self.path) as f:
+      lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(record, dict) and int(record.get("step", -1)) <= step:
+        kept.append(line)
+    if len(kept) < len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+      os.replace(self.path + ".tmp", self.path)
+    return len(lines) - len(kept)
 
 
 def _to_json_number(v):
@@ -63,22 +151,59 @@ class TensorBoardWriter:
 
 
 class Progress:
-  """Throughput and ETA for the console line (images/s counts both views)."""
+  """Throughput, ETA and the host's dispatch time for the console line (images/s counts both views).
 
-  def __init__(self, start_step: int, total_steps: int, images_per_step: int):
-    self.total_steps, self.images_per_step = total_steps, images_per_step
-    self._last_step, self._last_time = start_step, time.perf_counter()
+  `update(step)` at a log boundary returns the rate since the previous boundary and the ETA from
+  the rate since the start; `dispatched(seconds)` adds the host time one step took to dispatch
+  (between boundaries, where the loop never waits for the device), reported as `dispatch_ms` per
+  step beside `step_ms`, the wall time per step: dispatch_ms well below step_ms means the device,
+  not the host, sets the pace.
+  """
+
+  def __init__(self, start_step: int, total_steps: int, images_per_step: int,
+               clock: Callable[[], float] = time.perf_counter):
+    self.total_steps, self.images_per_step, self._clock = total_steps, images_per_step, clock
+    self._last_step, self._last_time = start_step, clock()
     self._start_step, self._start_time = start_step, self._last_time
+    self._dispatch_seconds, self._dispatch_count = 0.0, 0
+
+  def dispatched(self, seconds: float):
+    self._dispatch_seconds += seconds
+    self._dispatch_count += 1
 
   def update(self, step: int) -> dict:
-    now = time.perf_counter()
+    now = self._clock()
     steps = max(step - self._last_step, 1)
     rate = steps / max(now - self._last_time, 1e-9)
     overall = (step - self._start_step) / max(now - self._start_time, 1e-9)
     self._last_step, self._last_time = step, now
     remaining = (self.total_steps - step) / max(overall, 1e-9)
-    return {"steps_per_sec": rate, "images_per_sec": rate * self.images_per_step,
-            "eta_sec": remaining}
+    speed = {"steps_per_sec": rate, "images_per_sec": rate * self.images_per_step,
+             "eta_sec": remaining, "step_ms": 1e3 / rate}
+    if self._dispatch_count:
+      speed["dispatch_ms"] = 1e3 * self._dispatch_seconds / self._dispatch_count
+    self._dispatch_seconds, self._dispatch_count = 0.0, 0
+    return speed
+
+
+def time_dispatch(dispatch: Callable[[], Any], num_steps: int) -> dict:
+  """The host's per-step overhead against the step time, for benchmarks.
+
+  `dispatch()` must launch one step (threading its state through a closure) and return an output
+  of that step. It is called once and waited for (compilation), then `num_steps` times without
+  waiting, then the last output is waited for. Returns {"dispatch_ms": host time per launch,
+  "step_ms": wall time per step}; dispatch_ms < step_ms means the host keeps the device busy.
+  """
+  jax.block_until_ready(dispatch())
+  start = time.perf_counter()
+  out = None
+  for _ in range(num_steps):
+    out = dispatch()
+  launched = time.perf_counter()
+  jax.block_until_ready(out)
+  done = time.perf_counter()
+  return {"dispatch_ms": 1e3 * (launched - start) / num_steps,
+          "step_ms": 1e3 * (done - start) / num_steps}
 
 
 def format_duration(seconds: float) -> str:
@@ -90,8 +215,8 @@ def format_duration(seconds: float) -> str:
 
 def console_line(step: int, total: int, scalars: Mapping[str, float], speed: Optional[dict]) -> str:
   """`[  120/ 1000] loss 5.123 contrastive 5.0 ... | 812 img/s | ETA 0:03:12`."""
-  speed_keys = ("steps_per_sec", "images_per_sec", "eta_sec")
-  keys = [k for k in scalars if not k.startswith(("nonfinite/", "lr/")) and k not in speed_keys]
+  speed_keys = ("steps_per_sec", "images_per_sec", "eta_sec", "step_ms", "dispatch_ms")
+  keys = [k for k in scalars if not k.startswith((NONFINITE_PREFIX, "lr/")) and k not in speed_keys]
   body = " ".join(f"{k} {float(scalars[k]):.4g}" for k in keys)
   lrs = " ".join(f"{k[3:]} {float(v):.2e}" for k, v in scalars.items() if k.startswith("lr/"))
   width = len(str(total))

@@ -22,7 +22,8 @@ from mclr_jax import losses
 from mclr_jax import manifold
 from mclr_jax.data.datasets import get_dataset_info
 from mclr_jax.invariance import penalty as invariance_penalty
-from mclr_jax.models import ProjectionHead, ResNet18
+from mclr_jax.models import ProjectionHead
+from mclr_jax.models import resnet
 from mclr_jax.train import views as views_lib
 
 
@@ -49,9 +50,15 @@ def compute_dtype(config):
   return jnp.bfloat16 if half else jnp.float32
 
 
+def arch(config) -> str:
+  """config.model.arch; configs written before the key existed meant ResNet-18."""
+  return config.model.get("arch", "resnet18")
+
+
 def feature_dim(config) -> int:
-  """Backbone output width: 8 × the ResNet base width (512 at full size)."""
-  return 8 * config.model.width
+  """Backbone output width, as the architecture defines it: 8 × the ResNet base width for
+  ResNet-18 (512 at full size), 32 × for ResNet-50 (2048)."""
+  return resnet.backbone(arch(config), width=config.model.width).feature_dim
 
 
 def image_size(config) -> int:
@@ -60,7 +67,8 @@ def image_size(config) -> int:
 
 def build_networks(config: ml_collections.ConfigDict) -> Networks:
   dtype = compute_dtype(config)
-  backbone = ResNet18(width=config.model.width, stem=config.model.stem, dtype=dtype)
+  backbone = resnet.backbone(arch(config), width=config.model.width, stem=config.model.stem,
+                             dtype=dtype)
   projector = ProjectionHead(kind=config.model.projection, hidden_dim=config.model.proj_hidden_dim,
                              output_dim=config.model.proj_output_dim, dtype=dtype)
   if config.method != "manifoldclr":

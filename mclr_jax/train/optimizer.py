@@ -1,4 +1,5 @@
-"""The paper's optimiser: AdamW with one learning rate, weight decay, schedule and clip per group.
+"""The optimisers: AdamW with one learning rate, weight decay, schedule and clip per group, or the
+invariance paper's SGD + LARS for the backbone and projector.
 
 docs/method.md §5. Parameters live in a dict keyed by group-owning module:
   {"backbone", "projector"}         lr = optim.lr,       wd = optim.weight_decay, no clipping
@@ -7,12 +8,24 @@ docs/method.md §5. Parameters live in a dict keyed by group-owning module:
 The label of a leaf is the first key of its path (`optax.multi_transform`), so adding a parameter to a
 module never needs a hand-kept list. Decay is decoupled (lr·wd·w per step) and hits every parameter,
 BatchNorm and biases included, as torch's AdamW did in the reference (docs/method.md §15.14).
+
+`optim.name = "lars"` (docs/method.md §18.1) replaces the backbone's and projector's AdamW by
+`optax.lars` (SGD with momentum, weight decay and the layer-wise trust ratio); Ψ and the
+coefficient networks, when present, keep their AdamW. `optim.schedule` picks the learning-rate
+curve: "warmup_cosine" (per iteration, §5) or "epoch_ramp_cosine" (constant within an epoch, §18.1).
 """
 
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+OPTIMIZERS = ("adamw", "lars")
+SCHEDULES = ("warmup_cosine", "epoch_ramp_cosine")
+# The groups `optim.name` applies to; the others (Ψ, coefficient networks) always use AdamW.
+MAIN_GROUPS = ("backbone", "projector")
 
 # Group name -> the top-level parameter keys it owns.
 GROUPS = {
@@ -39,6 +52,31 @@ def warmup_cosine_schedule(peak_lr: float, warmup_steps: int, total_steps: int,
   return optax.join_schedules([warmup, cosine], boundaries=[warmup_steps])
 
 
+def epoch_ramp_cosine_schedule(peak_lr: float, steps_per_epoch: int, num_epochs: float,
+                               ramp_epochs: float, end_lr: float = 0.0) -> optax.Schedule:
+  """The invariance paper's per-epoch curve (docs/method.md §18.1), constant within an epoch.
+
+  With e = ⌊t / steps_per_epoch⌋, R = ramp_epochs and E = num_epochs:
+    lr(e) = min(peak·(e + 1)/R,  end + ½(peak − end)(1 + cos(π e / E))),
+  a linear ramp from peak/R over the first R epochs that meets a cosine running over the whole
+  run (its value at e = E is `end`, 0 in the paper).
+  """
+  ramp_epochs = max(float(ramp_epochs), 1.0)  # R ≤ 1: the ramp starts at the peak
+  # linear_schedule clamps at `peak` after R − 1 epochs; the unclamped ramp would only exceed the
+  # cosine there anyway, so the minimum is the same. (A fractional R − 1 is fine: the schedule
+  # only divides by it.)
+  ramp = optax.linear_schedule(peak_lr / ramp_epochs, peak_lr,
+                               transition_steps=ramp_epochs - 1.0)
+  cosine = optax.cosine_decay_schedule(peak_lr, max(float(num_epochs), 1e-9),
+                                       alpha=end_lr / peak_lr)
+
+  def schedule(step):
+    epoch = jnp.floor_divide(step, steps_per_epoch)
+    return jnp.minimum(ramp(epoch), cosine(epoch))
+
+  return schedule
+
+
 def group_hyperparameters(optim: ml_collections.ConfigDict) -> dict[str, dict]:
   """Per group: peak lr, end lr, weight decay and gradient clip (0 = none), from `config.optim`."""
   return {
@@ -53,10 +91,18 @@ def group_hyperparameters(optim: ml_collections.ConfigDict) -> dict[str, dict]:
 
 def make_schedules(optim: ml_collections.ConfigDict, steps_per_epoch: int,
                    total_steps: int) -> dict[str, optax.Schedule]:
-  """The learning-rate schedule of every group, stepped per iteration."""
+  """The learning-rate schedule of every group: `optim.schedule` for the backbone and projector,
+  the per-iteration warm-up + cosine for Ψ and the coefficient networks."""
   warmup_steps = int(round(optim.warmup_epochs * steps_per_epoch))
-  return {name: warmup_cosine_schedule(h["lr"], warmup_steps, total_steps, h["min_lr"])
-          for name, h in group_hyperparameters(optim).items()}
+  kind = optim.get("schedule", "warmup_cosine")
+  schedules = {}
+  for name, h in group_hyperparameters(optim).items():
+    if kind == "epoch_ramp_cosine" and name in MAIN_GROUPS:
+      schedules[name] = epoch_ramp_cosine_schedule(
+          h["lr"], steps_per_epoch, total_steps / steps_per_epoch, optim.warmup_epochs, h["min_lr"])
+    else:
+      schedules[name] = warmup_cosine_schedule(h["lr"], warmup_steps, total_steps, h["min_lr"])
+  return schedules
 
 
 def param_labels(params) -> dict:
@@ -76,20 +122,47 @@ def _label_tree(tree, label):
 
 def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
                    ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
-  """AdamW per group (with optional global-norm clipping inside the group), by parameter path.
+  """AdamW (or LARS for the backbone and projector) per group, with optional global-norm clipping
+  inside the group, by parameter path.
 
   Returns the transformation and the schedules (for logging learning rates).
   Groups absent from the parameters (e.g. Ψ in SimCLR) are simply never used.
   """
   schedules = make_schedules(optim, steps_per_epoch, total_steps)
+  use_lars = optim.get("name", "adamw") == "lars"
   transforms: dict[str, optax.GradientTransformation] = {}
   for name, h in group_hyperparameters(optim).items():
+    if use_lars and name in MAIN_GROUPS:
+      transforms[name] = _lars(optim, schedules[name], h["weight_decay"])
+      continue
     adamw = optax.adamw(schedules[name], b1=optim.b1, b2=optim.b2, eps=optim.eps,
                         weight_decay=h["weight_decay"])
     # torch's clip_grad_norm_ on the group's parameters jointly, before the Adam moments.
     transforms[name] = (optax.chain(optax.clip_by_global_norm(h["clip"]), adamw)
                         if h["clip"] > 0 else adamw)
   return optax.multi_transform(transforms, param_labels), schedules
+
+
+def _lars(optim, schedule, weight_decay) -> optax.GradientTransformation:
+  """optax's LARS, set up as the invariance paper's torch SGD wrapped in torchlars (§18.1).
+
+  Decay, trust ratio and momentum act on every leaf, BatchNorm and biases included, as the
+  wrapper did (`optim.lars_exclude_bias_and_norm` exempts the 1-D leaves, the usual choice
+  elsewhere). optax accumulates lr-scaled updates in the momentum, torch scales the accumulated
+  gradient by the current lr: the two agree while the lr is constant, i.e. within every epoch of the
+  per-epoch schedule.
+  """
+  mask = True
+  if optim.get("lars_exclude_bias_and_norm", False):
+    mask = _ndim_mask
+  return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=mask,
+                    trust_coefficient=optim.trust_coefficient, eps=optim.lars_eps,
+                    trust_ratio_mask=mask, momentum=optim.momentum)
+
+
+def _ndim_mask(params):
+  """True for the kernels (ndim > 1), False for biases and BatchNorm scales and offsets."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
 def learning_rates(schedules: dict[str, Callable], step: int, groups) -> dict[str, float]:

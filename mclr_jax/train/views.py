@@ -37,6 +37,15 @@ def spirograph_ranges(data: ml_collections.ConfigDict) -> dict:
   return ranges
 
 
+def simclr_options(data: ml_collections.ConfigDict) -> dict:
+  """The keyword arguments of `augment.simclr_augment` for config.data (docs/method.md §7)."""
+  info = get_dataset_info(data.name)
+  return dict(out_size=info.image_size, mean=info.mean, std=info.std,
+              jitter_strength=tuple(data.jitter_strength), jitter_prob=data.jitter_prob,
+              grayscale_prob=data.grayscale_prob, crop_scale=tuple(data.crop_scale),
+              crop_ratio=tuple(data.crop_ratio), flip_prob=data.flip_prob)
+
+
 def make_views(key: jax.Array, batch: dict, config: ml_collections.ConfigDict,
                differentiable: bool = False) -> Views:
   """Builds the two views of `batch` ({"theta": (B, n_c)} or {"image": (B, H, W, 3)})."""
@@ -57,10 +66,7 @@ def make_views(key: jax.Array, batch: dict, config: ml_collections.ConfigDict,
   info = get_dataset_info(data.name)
   images = batch["image"]
   batch_size = images.shape[0]
-  kwargs = dict(out_size=info.image_size, mean=info.mean, std=info.std,
-                jitter_strength=tuple(data.jitter_strength), jitter_prob=data.jitter_prob,
-                grayscale_prob=data.grayscale_prob, crop_scale=tuple(data.crop_scale),
-                crop_ratio=tuple(data.crop_ratio), flip_prob=data.flip_prob)
+  kwargs = simclr_options(data)
   x1 = augment.simclr_augment(k1, images, **kwargs)
   strength = tuple(data.jitter_strength)
   sample_alpha = lambda k, shape: _jitter_alpha(k, shape, strength)

@@ -247,7 +247,7 @@ def test_eval_preprocess_stl10_matches_pil_resize_and_center_crop():
 
 
 def test_dataset_info_table():
-  assert set(DATASETS) == {"cifar10", "stl10", "tinyimagenet"}
+  assert set(DATASETS) == {"cifar10", "cifar100", "stl10", "tinyimagenet"}
   assert get_dataset_info("stl10").train_splits == ("train", "unlabelled")
   assert get_dataset_info("tinyimagenet").test_split == "validation"
   with pytest.raises(ValueError, match="cifar10"):

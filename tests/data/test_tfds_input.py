@@ -22,12 +22,27 @@ def test_each_epoch_is_a_permutation_with_drop_last():
   it = TrainIterator(images, labels, global_batch_size=5, seed=0)
   assert it.steps_per_epoch == 4
   epochs = [_epoch_labels(it, e) for e in range(3)]
-  for e, seen in enumerate(epochs):
-    # exactly the first 20 entries of that epoch's permutation: no repeats, 3 dropped
-    expected = np.random.default_rng([0, e]).permutation(23)[:20]
-    np.testing.assert_array_equal(seen, expected)
-    assert len(np.unique(seen)) == 20
+  for seen in epochs:
+    # 4 batches of 5 distinct examples: no repeats within an epoch, the last 3 dropped.
+    assert len(seen) == 20 and len(np.unique(seen)) == 20
   assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_epoch_orders_are_uniform_over_examples_and_positions():
+  """Over many epochs every example is kept with probability 20/23 and is equally likely to come
+  first: an order that always drops the same tail, or a biased shuffle, fails these counts."""
+  n, batch, num_epochs = 23, 5, 2000
+  images, labels = _toy(n)
+  it = TrainIterator(images, labels, global_batch_size=batch, seed=11)
+  epochs = np.stack([_epoch_labels(it, e) for e in range(num_epochs)])  # (E, 20)
+  kept = np.bincount(epochs.ravel(), minlength=n)
+  p_kept = 20 / n
+  sd = np.sqrt(num_epochs * p_kept * (1 - p_kept))
+  assert np.all(np.abs(kept - num_epochs * p_kept) < 5 * sd), kept
+  first = np.bincount(epochs[:, 0], minlength=n)
+  chi2 = np.sum((first - num_epochs / n) ** 2 / (num_epochs / n))
+  # 22 degrees of freedom: P(chi2 > 60) < 1e-4 for a uniform first position.
+  assert chi2 < 60, (chi2, first)
 
 
 def test_batch_contents_match_labels_and_dtypes():
@@ -96,7 +111,7 @@ def test_prefetch_to_device_propagates_errors():
 
 
 @pytest.mark.parametrize("name,split,size", [
-    ("cifar10", "test", 32), ("stl10", ("train", "unlabelled"), 96)])
+    ("cifar10", "test", 32), ("cifar100", "train", 32), ("stl10", ("train", "unlabelled"), 96)])
 def test_load_split_on_mock_data(name, split, size):
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=3):
@@ -107,6 +122,20 @@ def test_load_split_on_mock_data(name, split, size):
   if name == "stl10":
     np.testing.assert_array_equal(labels[3:], -1)  # the unlabelled split carries no class
     assert np.all((labels[:3] >= 0) & (labels[:3] < 10))
+  else:  # the fine labels: 100 classes for CIFAR-100, not its 20 coarse ones
+    from mclr_jax.data.datasets import get_dataset_info  # pylint: disable=g-import-not-at-top
+    assert np.all((labels >= 0) & (labels < get_dataset_info(name).num_classes))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10"])
+def test_dataset_table_agrees_with_tfds_metadata(name):
+  """Classes and stored image side of our table against the TFDS builder's own features."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from mclr_jax.data.datasets import get_dataset_info  # pylint: disable=g-import-not-at-top
+  info = get_dataset_info(name)
+  features = tfds.builder(info.tfds_name).info.features
+  assert features["label"].num_classes == info.num_classes
+  assert features["image"].shape[:2] == (info.source_size, info.source_size)
 
 
 def test_missing_dataset_error_names_dataset_dir_and_fix(tmp_path):

@@ -1,14 +1,12 @@
 """Geometry probe and invariance diagnostics (docs/method.md §13, §14) against closed forms."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mclr_jax.evaluate import geometry
+from mclr_jax.evaluate import regression
 
 
 def _rank_r_embedding(rng, n=200, d=12, r=4):
@@ -162,47 +160,12 @@ def test_geometry_report_assembles():
   assert report["spectra"]["projector"]["rank@0.001"] == 3
 
 
-def _geometry_sweep():
-  path = pathlib.Path(__file__).parents[2] / "experiments" / "geometry_sweep.py"
-  spec = importlib.util.spec_from_file_location("geometry_sweep", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_tabulate_rows():
-  sweep = _geometry_sweep()
-  rows = [dict(strength=0.25, encoder_effective_rank=120.5, projector_effective_rank=30.25),
-          dict(strength=1.0, encoder_effective_rank=118.0, projector_effective_rank=9.5,
-               ir_encoder=0.125)]
-  lines = sweep.tabulate(rows).splitlines()
-  assert len(lines) == 2 + len(rows)  # header, rule, one line per row
-  header = lines[0].split()
-  assert header == ["strength", "encoder_effective_rank", "projector_effective_rank", "ir_encoder"]
-  assert len({len(line) for line in lines}) == 1  # aligned columns
-  assert lines[2].split() == ["0.25", "120.5", "30.25", "-"]
-  assert lines[3].split() == ["1", "118", "9.5", "0.125"]
-
-
-def test_flatten_report_and_probe_with_fake_model():
-  sweep = _geometry_sweep()
-
-  class FakeModel:
-    """h = images flattened; z = tanh of a fixed linear map."""
-    w = jax.random.normal(jax.random.PRNGKey(0), (3, 12))
-
-    def encode(self, images):
-      return images.reshape(images.shape[0], -1)
-
-    def project(self, h):
-      return jnp.tanh(h @ self.w.T)
-
-  images = jax.random.normal(jax.random.PRNGKey(1), (20, 2, 2, 3))
-  augment = lambda key, x: x + 0.1 * jax.random.normal(key, x.shape)
-  report = sweep.probe_model(jax.random.PRNGKey(2), FakeModel(), images, augment,
-                             num_augmentations=5, tangent_dim=2, k_neighbours=6)
-  row = sweep.flatten_report(0.5, report)
-  assert row["strength"] == 0.5
-  assert 0.0 < row["ir_encoder"] < 1.0
-  assert row["projector_rank@0.001"] <= 3
-  assert np.isfinite(row["retention_aug"])
+def test_nuisance_decodability_is_the_ridge_probe_error_ratio():
+  # The same closed-form probe as regression.py: test MSE of its prediction over Var(α).
+  rng = np.random.default_rng(9)
+  r, alpha = rng.standard_normal((120, 4)), rng.standard_normal((120, 2))
+  params = regression.fit_linear_regression(r[:80], alpha[:80], 1e-3)
+  want = np.mean((regression.predict(params, r[80:]) - alpha[80:]) ** 2, 0) / alpha[80:].var(0)
+  np.testing.assert_allclose(
+      geometry.nuisance_decodability(r[:80], alpha[:80], r[80:], alpha[80:], l2=1e-3), want,
+      rtol=1e-12)

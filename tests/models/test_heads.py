@@ -22,7 +22,7 @@ def _features(seed=0):
 
 
 @pytest.mark.parametrize("kind,out_dim", [("mlp", OUT), ("linear", OUT), ("none", FEATURES),
-                                          ("direct", 64)])
+                                          ("direct", 64), ("invclr", OUT)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_output_shapes(kind, out_dim, dtype):
   head = ProjectionHead(kind=kind, hidden_dim=HIDDEN, output_dim=OUT, dtype=dtype)
@@ -101,3 +101,33 @@ def test_unknown_kind_and_too_narrow_direct_raise():
     ProjectionHead(kind="simclr").init(_key(0), h, train=False)
   with pytest.raises(ValueError, match="first 64"):
     ProjectionHead(kind="direct").init(_key(0), h, train=False)
+
+
+def test_invclr_head_matches_float64_reference_in_train_and_eval():
+  """docs/method.md §18.2: Linear(D→D, no bias) → BN → ReLU → Linear(D→out, no bias) → BN without
+  scale and offset; in train mode the output is batch-standardised per dimension."""
+  head = ProjectionHead(kind="invclr", hidden_dim=HIDDEN, output_dim=OUT)
+  h = _features(4)
+  variables = jax.jit(head.init, static_argnames="train")(_key(4), h, train=False)
+  params = variables["params"]
+  assert set(params) == {"hidden", "bn", "output"}  # the final BN has no parameters
+  assert params["hidden"]["kernel"].shape == (FEATURES, FEATURES)  # d → d, not hidden_dim
+  assert "bias" not in params["hidden"] and "bias" not in params["output"]
+  assert set(variables["batch_stats"]) == {"bn", "output_bn"}
+  # Non-trivial affine parameters on the hidden BN, so that its placement matters.
+  rng = np.random.default_rng(5)
+  params = dict(params, bn={"scale": rng.uniform(0.5, 1.5, FEATURES).astype(np.float32),
+                            "bias": rng.normal(size=FEATURES).astype(np.float32)})
+  train_fn = jax.jit(lambda v, h: head.apply(v, h, train=True, mutable=["batch_stats"]))
+  out, updates = train_fn({"params": params, "batch_stats": variables["batch_stats"]}, h)
+  p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+  y = np.asarray(h, np.float64) @ p["hidden"]["kernel"]
+  y = (y - y.mean(0)) / np.sqrt(y.var(0) + 1e-5) * p["bn"]["scale"] + p["bn"]["bias"]
+  z = np.maximum(y, 0.0) @ p["output"]["kernel"]
+  want = (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5)
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.mean(out, axis=0), 0.0, atol=1e-5)
+  # Eval mode: the final BN standardises with its running statistics (PyTorch momentum 0.1).
+  stats = updates["batch_stats"]["output_bn"]
+  np.testing.assert_allclose(stats["mean"], 0.1 * z.mean(0), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * z.var(0), rtol=1e-4, atol=1e-6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mclr_jax.models import ResNet, ResNet18
+from mclr_jax.models import Bottleneck, ResNet, ResNet18, ResNet50
 from mclr_jax.models import resnet as resnet_lib
 
 # Tiny model for real forward passes: width 4 on 8×8 images, batch 4 (one compile per mode).
@@ -190,3 +190,108 @@ def test_generic_stage_sizes_output_width():
   out = jax.eval_shape(lambda: model.init_with_output(
       jax.random.key(0), jnp.zeros((3, 8, 8, 3)), train=False)[0])
   assert out.shape == (3, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet-50 (docs/method.md §18.3): torchvision's Bottleneck layout with the CIFAR stem
+# --------------------------------------------------------------------------------------------
+
+def _resnet50_counts(width, stem_kernel, num_classes=0):
+  """(trainable params, BN channels) of torchvision's resnet50, counted layer by layer."""
+  conv = lambda k, c_in, c_out: k * k * c_in * c_out
+  params, bn_channels, c_in = conv(stem_kernel, 3, width) + 2 * width, width, width
+  for stage, blocks in enumerate((3, 4, 6, 3)):
+    mid = width * 2 ** stage
+    c_out = 4 * mid
+    for block in range(blocks):
+      params += conv(1, c_in, mid) + conv(3, mid, mid) + conv(1, mid, c_out)
+      params += 2 * (mid + mid + c_out)
+      bn_channels += mid + mid + c_out
+      if block == 0:  # the first block of every stage changes the width: projection shortcut
+        params += conv(1, c_in, c_out) + 2 * c_out
+        bn_channels += c_out
+      c_in = c_out
+  if num_classes:
+    params += c_in * num_classes + num_classes
+  return params, bn_channels
+
+
+def test_hand_count_reproduces_torchvision_resnet50():
+  # torchvision.models.resnet50(): 25,557,032 parameters (7×7 conv1, fc 2048·1000 + 1000).
+  assert _resnet50_counts(64, stem_kernel=7, num_classes=1000)[0] == 25_557_032
+
+
+def test_resnet50_full_size_parameters_and_shapes():
+  model = ResNet50(stem="cifar")
+  x = jnp.zeros((2, 32, 32, 3))
+
+  def forward():
+    variables = model.init(jax.random.key(0), x, train=False)
+    out, state = model.apply(variables, x, train=False, capture_intermediates=True,
+                             mutable=["intermediates"])
+    return variables, out, state
+
+  variables, out, state = jax.eval_shape(forward)
+  want_params, bn_channels = _resnet50_counts(64, stem_kernel=3)
+  assert want_params == 25_557_032 - (2048 * 1000 + 1000) - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64
+  assert _count(variables["params"]) == want_params == 23_500_352
+  assert _count(variables["batch_stats"]) == 2 * bn_channels
+  assert out.shape == (2, 2048) and out.dtype == jnp.float32 and model.feature_dim == 2048
+  inter = state["intermediates"]
+  # CIFAR stem: 32 px through stage 1, then halved by each later stage (stride on the 3×3 conv).
+  for stage, (blocks, side) in enumerate(zip((3, 4, 6, 3), (32, 16, 8, 4))):
+    shape = inter[f"stage{stage + 1}_block{blocks - 1}"]["__call__"][0].shape
+    assert shape == (2, side, side, 256 * 2 ** stage), (stage, shape)
+  stride_conv = variables["params"]["stage2_block0"]
+  assert stride_conv["conv2"]["kernel"].shape == (3, 3, 128, 128)
+  assert stride_conv["shortcut_conv"]["kernel"].shape == (1, 1, 256, 512)
+
+
+def _conv_nhwc(x, kernel, stride, pad):
+  """float64 cross-correlation (B, H, W, C) ⊛ (k, k, C, O) with symmetric zero padding."""
+  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  k = kernel.shape[0]
+  windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))  # B,H',W',C,k,k
+  windows = windows[:, ::stride, ::stride]
+  return np.einsum("bhwcij,ijco->bhwo", windows, kernel)
+
+
+def _bn_train(y, scale, bias):
+  mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
+  return (y - mean) / np.sqrt(var + 1e-5) * scale + bias
+
+
+def test_bottleneck_train_forward_matches_float64_reference():
+  """One stride-2 Bottleneck with batch-statistics BN against a numpy float64 reference: the stride
+  on the 3×3 conv, the 4× expansion, the projection shortcut and the final ReLU after the sum."""
+  block = Bottleneck(features=4, strides=2)
+  x = np.random.default_rng(0).normal(size=(3, 6, 6, 8)).astype(np.float32)
+  variables = jax.jit(block.init, static_argnames="train")(_init_key(5), x, train=False)
+  # Non-trivial BN affine parameters, so that a skipped or misplaced BN shows.
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda p: p, variables["params"])
+  for name in ("bn1", "bn2", "bn3", "shortcut_bn"):
+    n = params[name]["scale"].shape[0]
+    params[name] = {"scale": rng.uniform(0.5, 1.5, n).astype(np.float32),
+                    "bias": rng.normal(size=n).astype(np.float32)}
+  out, _ = jax.jit(lambda v, x: block.apply(v, x, train=True, mutable=["batch_stats"]))(
+      {"params": params, "batch_stats": variables["batch_stats"]}, x)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  xd = x.astype(np.float64)
+  y = np.maximum(_bn_train(_conv_nhwc(xd, p["conv1"]["kernel"], 1, 0), **p["bn1"]), 0)
+  y = np.maximum(_bn_train(_conv_nhwc(y, p["conv2"]["kernel"], 2, 1), **p["bn2"]), 0)
+  y = _bn_train(_conv_nhwc(y, p["conv3"]["kernel"], 1, 0), **p["bn3"])
+  shortcut = _bn_train(_conv_nhwc(xd, p["shortcut_conv"]["kernel"], 2, 0), **p["shortcut_bn"])
+  want = np.maximum(y + shortcut, 0)
+  assert out.shape == (3, 3, 3, 16)
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+def test_architecture_table_and_feature_dim():
+  for arch, per_width in (("resnet18", 8), ("resnet50", 32)):
+    model = resnet_lib.backbone(arch, width=WIDTH)
+    out = jax.eval_shape(lambda m=model: m.init_with_output(
+        jax.random.key(0), jnp.zeros((2, SIZE, SIZE, 3)), train=False)[0])
+    assert out.shape == (2, per_width * WIDTH) and model.feature_dim == per_width * WIDTH
+  with pytest.raises(ValueError, match="resnet34"):
+    resnet_lib.backbone("resnet34")

@@ -1,5 +1,5 @@
 """Kill-and-resume: a run stopped by SIGTERM and rerun ends bit-for-bit where an uninterrupted run
-ends (same params, same second-half metrics), and a changed model config is refused on resume."""
+ends (same state, same logged rows, each step logged once), and the config lock on resume."""
 
 import json
 import os
@@ -9,69 +9,99 @@ import jax
 import numpy as np
 import pytest
 
+from mclr_jax.errors import Preempted
 from mclr_jax.train import checkpoint
 from mclr_jax.train import loop
 from tests.tiny import read_metrics, tiny_spirograph_config
 
 # Keys of metrics.jsonl that depend on wall time, not on the computation.
-TIMING_KEYS = ("steps_per_sec", "images_per_sec", "eta_sec")
+TIMING_KEYS = ("steps_per_sec", "images_per_sec", "eta_sec", "step_ms", "dispatch_ms")
 
 
-def _sigterm_after(monkeypatch, stop_step):
-  """Sends this process SIGTERM when the loop checks the metrics of 0-based step `stop_step - 1`
-  (i.e. after `stop_step` updates), as a cluster scheduler's preemption would."""
-  check = loop._raise_if_nonfinite
+def sigterm_at(monkeypatch, stop_step):
+  """Sends this process a real SIGTERM when the loop asks whether to stop after `stop_step`
+  updates, as a cluster scheduler's preemption would."""
+  reached = loop._Preemption.reached
 
-  def check_then_signal(step, metrics):
-    check(step, metrics)
-    if step == stop_step - 1:
-      os.kill(os.getpid(), signal.SIGTERM)
+  def signal_then_check(self, step):
+    if step == stop_step:
+      os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
+    return reached(self, step)
 
-  monkeypatch.setattr(loop, "_raise_if_nonfinite", check_then_signal)
+  monkeypatch.setattr(loop._Preemption, "reached", signal_then_check)
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
 
 def test_sigterm_then_rerun_matches_uninterrupted_run(tmp_path, monkeypatch, fast_compiles):
-  k = 2
-  config = tiny_spirograph_config(num_train_steps=2 * k)
+  """Stopped after step 3 of 6 with a log row every 2 steps: the checkpoint holds the half-filled
+  window of step 3, so the resumed run's row at step 4 averages steps 3 and 4 like the
+  uninterrupted run's, and every row is bit-identical."""
+  stop, total = 3, 6
+  config = tiny_spirograph_config(num_train_steps=total)
+  config.log_every_steps = 2
   whole = loop.train_and_evaluate(config, str(tmp_path / "whole"))
 
   split_dir = str(tmp_path / "split")
   with monkeypatch.context() as patch:
-    _sigterm_after(patch, k)
-    first = loop.train_and_evaluate(config, split_dir)
-  assert int(first.step) == k
-  assert checkpoint.make_manager(split_dir, keep=3).latest_step() == k
+    sigterm_at(patch, stop)
+    with pytest.raises(Preempted, match=rf"step {stop}\b.*rerun the same command") as info:
+      loop.train_and_evaluate(config, split_dir)
+  assert info.value.step == stop and info.value.exit_code == 143
+  manager = checkpoint.make_manager(split_dir, keep=3)
+  assert checkpoint.committed_steps(manager) == [stop]
+  assert [r["step"] for r in read_metrics(split_dir)] == [2]
   resumed = loop.train_and_evaluate(config, split_dir)
 
-  assert int(resumed.step) == int(whole.step) == 2 * k
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               jax.device_get(resumed.params), jax.device_get(whole.params))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               jax.device_get(resumed.batch_stats), jax.device_get(whole.batch_stats))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               jax.device_get(resumed.opt_state), jax.device_get(whole.opt_state))
+  assert int(resumed.step) == int(whole.step) == total
+  _assert_trees_equal((resumed.params, resumed.batch_stats, resumed.opt_state),
+                      (whole.params, whole.batch_stats, whole.opt_state))
+  whole_log, split_log = read_metrics(str(tmp_path / "whole")), read_metrics(split_dir)
+  assert [r["step"] for r in split_log] == [r["step"] for r in whole_log] == [2, 4, 6]
+  for w, s in zip(whole_log, split_log):
+    assert {k: v for k, v in s.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in w.items() if k not in TIMING_KEYS}, s["step"]
   # The second half moved the params, so the equality above is not that of two idle runs.
-  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), jax.device_get(first.params),
+  restored = checkpoint.restore_latest(manager, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), whole), stop)
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(restored.params),
                        jax.device_get(whole.params))
   assert any(jax.tree.leaves(moved))
 
-  whole_log = {r["step"]: r for r in read_metrics(str(tmp_path / "whole"))}
-  split_log = {r["step"]: r for r in read_metrics(split_dir)}
-  assert sorted(split_log) == sorted(whole_log) == list(range(1, 2 * k + 1))
-  for step in range(k + 1, 2 * k + 1):
-    for key, value in whole_log[step].items():
-      if key not in TIMING_KEYS + ("kind",):
-        np.testing.assert_allclose(split_log[step][key], value, rtol=1e-6, atol=1e-7,
-                                   err_msg=f"{key} at step {step}")
+
+def _fake_committed_checkpoint(workdir):
+  """A step folder with orbax's commit marker: enough for the config lock, which reads no arrays."""
+  os.makedirs(os.path.join(workdir, "checkpoints", "1"))
+  open(os.path.join(workdir, "checkpoints", "1", checkpoint.COMMIT_MARKER), "w").close()
 
 
-def test_resume_with_changed_model_config_is_refused(tmp_path):
+def test_resume_with_changed_model_config_is_refused_naming_each_key(tmp_path):
   workdir = str(tmp_path)
   config = tiny_spirograph_config()
   checkpoint.write_config(workdir, config)
+  _fake_committed_checkpoint(workdir)
   changed = tiny_spirograph_config()
-  changed.model.width = 8
-  with pytest.raises(checkpoint.CheckpointError, match=workdir):
+  changed.model.width, changed.model.proj_output_dim = 8, 4
+  changed.optim.lr = 1e-4  # not locked: a resume may change the learning rate
+  with pytest.raises(checkpoint.CheckpointError) as info:
     loop.train_and_evaluate(changed, workdir)
+  message = str(info.value)
+  assert "\n" not in message and workdir in message
+  assert "config.model.width: 4 in the run, 8 given" in message
+  assert "config.model.proj_output_dim: 8 in the run, 4 given" in message
+  assert "optim.lr" not in message
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["width"] == 4  # the run's record is untouched
+
+
+def test_config_of_a_workdir_without_checkpoints_is_not_locked(tmp_path):
+  """A failed start leaves config.json but no checkpoint: the next start may change anything."""
+  workdir = str(tmp_path)
+  checkpoint.write_config(workdir, tiny_spirograph_config())
+  changed = tiny_spirograph_config()
+  changed.model.width = 8
+  checkpoint.write_config(workdir, changed)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["width"] == 8

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from configs import spirograph as spirograph_config
-from mclr_jax.evaluate import runner
+from mclr_jax.evaluate import model as model_lib
+from mclr_jax.evaluate import suite
 from mclr_jax.train import loop
 
 
@@ -45,8 +46,9 @@ def test_short_training_beats_random_encoder(tmp_path):
   config = _small_config()
   state = loop.train_and_evaluate(config, str(tmp_path))
   key = jax.random.key(3)
-  trained = runner.evaluate_spirograph(runner.model_from_state(config, state), config, key)
-  random = runner.evaluate_spirograph(runner.random_model(config), config, key)
+  trained = suite.run_suite(model_lib.model_from_state(config, state), ["probe"], key,
+                            str(tmp_path))["probe"]
+  random = suite.run_suite(model_lib.random_model(config), ["probe"], key, str(tmp_path))["probe"]
   assert np.isfinite(trained["mse_mean"]) and np.isfinite(random["mse_mean"])
   assert trained["mse_mean"] < random["mse_mean"], (trained, random)
 

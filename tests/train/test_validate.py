@@ -37,6 +37,25 @@ def _set(config, dotted, value):
     ("optim.coeff_lr", 0.0, {}),
     ("manifold.best_of_j_dtype", "float16", {}),
     ("manifold.best_of_j_dtype", "bfloat16", {"manifold.best_of_j_method": "taylor"}),
+    # Every number inside its real domain: NaN and inf pass `x < 0`, and must not pass here.
+    ("optim.lr", float("nan"), {}),
+    ("optim.lr", float("inf"), {}),
+    ("optim.min_lr", 1.0, {}),  # above the peak lr
+    ("optim.eps", 0.0, {}),
+    ("optim.b1", 1.0, {}),
+    ("optim.b2", 1.5, {}),
+    ("optim.b2", float("nan"), {}),
+    ("loss.temperature", float("inf"), {}),
+    ("loss.temperature", 0.0, {}),
+    ("data.prefetch", 0, {}),
+    ("batch_size", True, {}),  # a bool is not a count
+    ("invariance.weight", float("nan"), {}),
+    ("eval_every_steps", -2, {}),
+    ("seed", -1, {}),
+    ("data.flip_prob", 1.5, {}),
+    ("data.crop_scale", (0.9, 0.2), {}),
+    ("manifold.scale_prior", 0.0, {}),
+    ("manifold.num_samples", 0, {}),
 ])
 def test_bad_value_raises_config_error_naming_the_key(key, value, extra):
   config = _valid()

@@ -1,0 +1,120 @@
+"""Training metrics: the device-side window (averages against float64 numpy, the first non-finite
+step and its checks), metrics.jsonl repair on resume, throughput/ETA against a fake clock, and the
+console line's fields."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mclr_jax.train import metrics as metrics_lib
+
+CHECKS = ("data", "contrastive", "gradient", "params")
+
+
+def _step_metrics(rng, bad=()):
+  """One step's metrics as train_step returns them: scalars and nonfinite/<check> flags."""
+  out = {"loss": rng.normal(5, 1), "grad_norm": rng.lognormal()}
+  out.update({f"nonfinite/{c}": float(c in bad) for c in CHECKS})
+  return {k: jnp.float32(v) for k, v in out.items()}
+
+
+@jax.jit
+def _add(window, metrics, step):
+  return window.add(metrics, step)
+
+
+def test_window_averages_match_float64_means():
+  rng = np.random.default_rng(0)
+  steps = [_step_metrics(rng) for _ in range(7)]
+  window = metrics_lib.StepMetrics.empty(steps[0], ("params", "data", "gradient", "contrastive"))
+  for i, m in enumerate(steps):
+    window = _add(window, m, jnp.int32(i))
+  means = window.means()
+  for key in ("loss", "grad_norm"):
+    expected = np.mean([np.float64(m[key]) for m in steps])
+    np.testing.assert_allclose(means[key], expected, rtol=1e-6)
+  assert set(means) == {"loss", "grad_norm"}  # the flags are not averaged
+  assert window.failed_checks() == (None, [])
+
+
+def test_window_keeps_the_first_nonfinite_step_and_its_checks_in_report_order():
+  rng = np.random.default_rng(1)
+  order = ("data", "contrastive", "gradient", "params")
+  window = metrics_lib.StepMetrics.empty(_step_metrics(rng), order)
+  flags = [(), (), ("params", "gradient", "contrastive"), ("data",), ()]
+  for i, bad in enumerate(flags, start=10):
+    window = _add(window, _step_metrics(rng, bad), jnp.int32(i))
+  assert window.failed_checks() == (12, ["contrastive", "gradient", "params"])
+  assert not bool(window.clean)
+  fresh = metrics_lib.StepMetrics.empty(_step_metrics(rng), order)
+  assert bool(fresh.clean) and fresh.failed_checks() == (None, [])
+
+
+def test_jsonl_truncate_drops_later_rows_and_a_partial_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  writer = metrics_lib.JsonlWriter(str(path))
+  for step in (5, 10, 15, 20):
+    writer.write(step, {"loss": 1.0 / step})
+  writer.write(10, {"probe": 0.5}, kind="eval")
+  writer.write(20, {"probe": 0.6}, kind="eval")
+  with open(path, "a") as f:
+    f.write('{"step": 25, "kind": "train", "lo')  # a write cut short by a kill or a full disk
+  assert writer.truncate_after(15) == 3  # the two rows of step 20 and the partial line
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [(r["step"], r["kind"]) for r in records] == [(5, "train"), (10, "train"),
+                                                       (15, "train"), (10, "eval")]
+  writer.write(20, {"loss": 0.05})  # appending after the repair gives valid JSON lines again
+  assert [json.loads(line)["step"] for line in path.read_text().splitlines()][-1] == 20
+  assert writer.truncate_after(100) == 0
+
+
+class FakeClock:
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_progress_rate_eta_and_dispatch_against_a_fake_clock():
+  clock = FakeClock()
+  progress = metrics_lib.Progress(start_step=10, total_steps=110, images_per_step=256, clock=clock)
+  for _ in range(3):
+    progress.dispatched(0.002)
+  clock.now += 5.0  # 10 steps in 5 s
+  speed = progress.update(20)
+  assert speed["steps_per_sec"] == pytest.approx(2.0)
+  assert speed["images_per_sec"] == pytest.approx(512.0)
+  assert speed["step_ms"] == pytest.approx(500.0)
+  assert speed["dispatch_ms"] == pytest.approx(2.0)
+  assert speed["eta_sec"] == pytest.approx(90 / 2.0)
+  clock.now += 20.0  # then 10 steps in 20 s: the rate is the last window's, the ETA the run's
+  speed = progress.update(30)
+  assert speed["steps_per_sec"] == pytest.approx(0.5)
+  assert speed["eta_sec"] == pytest.approx(80 / (20 / 25.0))
+  assert "dispatch_ms" not in speed  # no step was dispatched between these two boundaries
+
+
+def test_console_line_fields():
+  scalars = {"loss": 5.12345, "contrastive": 5.0, "nonfinite/data": 0.0, "lr/backbone": 3e-3,
+             "steps_per_sec": 2.0, "images_per_sec": 812.4, "eta_sec": 192.0, "step_ms": 500.0,
+             "dispatch_ms": 1.0}
+  speed = {"images_per_sec": 812.4, "eta_sec": 3723.0}
+  line = metrics_lib.console_line(120, 1000, scalars, speed)
+  assert line == ("[ 120/1000] loss 5.123 contrastive 5 | lr backbone 3.00e-03 | 812 img/s | "
+                  "ETA 1:02:03")
+
+
+def test_time_dispatch_reports_launch_and_step_time():
+  step = jax.jit(lambda x: jnp.tanh(x @ x))
+  state = {"x": jnp.eye(64)}
+
+  def dispatch():
+    state["x"] = step(state["x"])
+    return state["x"]
+
+  timing = metrics_lib.time_dispatch(dispatch, num_steps=5)
+  assert 0 < timing["dispatch_ms"] <= timing["step_ms"]
