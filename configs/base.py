@@ -13,13 +13,30 @@ Variants (docs/method.md §5 table rows):
   noproj   ManifoldCLR without projection head: MSE-similarity InfoNCE on backbone features with z0
            as extra negatives (`transop_vi_*`).
   simclr   the SimCLR baseline (`simclr_*`); `simclr_noproj` is SimCLR without projection head.
+Variants and baselines beyond the table (docs/method.md §17), each from the authors' public configs:
+  direct   ManifoldDirectCLR: `noproj` with Ψ (M, 1, 64, 64) and the coefficient networks on the
+           first 64 backbone dimensions, which are also the contrastive embedding (projection
+           "direct"); MSE InfoNCE with z0 negatives (`transop_vi_*` with `enable_direct`).
+  nn       `proj` whose positives are nearest neighbours from a support queue of the last 65,536
+           embeddings, location L2 off (`transop_vi_nn_proj_tin`; the queue size is the authors'
+           `nnclr_tinyimagenet` value, which their ManifoldCLR file does not override).
+  nnclr    the NNCLR baseline: `simclr` with the same support queue, 65,536 rows
+           (`nnclr_tinyimagenet`; Dwibedi et al. 2021 use 98,304 and a prediction head, which the
+           authors' baseline does not have).
+  mixup    SimCLR without projection head whose view 0 is mixed with its positive in feature
+           space, λ ~ U(0, 1) per sample, MSE InfoNCE with z0 negatives (`simclr_*_mixup`).
+  gaussaug the same with Gaussian feature noise of per-sample variance ‖z0 − z1‖
+           (`simclr_*_gaussaug`). `loss.feature_aug_strength` scales either augmentation.
 Any single value can then be overridden, e.g. `--config.batch_size=256 --config.model.width=16`.
 """
 
 import ml_collections
 
 METHODS = ("simclr", "manifoldclr")
-VARIANTS = ("proj", "thresh", "noproj", "simclr", "simclr_noproj")
+VARIANTS = ("proj", "thresh", "noproj", "simclr", "simclr_noproj", "direct", "nn", "nnclr", "mixup",
+            "gaussaug")
+# The support queue of the `nn` and `nnclr` variants (the authors' `nnclr_tinyimagenet`).
+NN_QUEUE_SIZE = 65536
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -79,6 +96,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.manifold.prior_warmup_steps = 10000
   config.manifold.encoder_hidden = (2048, 2048, 512)
   config.manifold.prior_hidden = (2048, 1024, 512)
+  # ManifoldDirectCLR (docs/method.md §2.5): Ψ (M, 1, b, b) and the coefficient networks act on the
+  # first block_dim feature dimensions only; the rest pass through the transport unchanged.
+  config.manifold.direct = False
 
   config.loss = ml_collections.ConfigDict()
   config.loss.temperature = 0.5
@@ -89,6 +109,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.kl_warmup = "none"  # "none" | "exponential" (w·(5e-3)^(1 - min(t, T)/T))
   config.loss.kl_warmup_steps = 5000
   config.loss.location_l2_weight = 1e-3  # w_L2 on the posterior locations μ_q (0: off)
+  # > 0: each positive is its nearest neighbour in a support queue of this many past embeddings
+  # (NNCLR, docs/method.md §17.3); 0: off.
+  config.loss.nn_queue_size = 0
+  # SimCLR only: a feature-space view 0 (docs/method.md §17.4): "none" | "mixup" (λ ~ U(0, s)
+  # toward the positive) | "gaussian" (noise of std s·sqrt(‖z0 − z1‖)), s = feature_aug_strength.
+  config.loss.feature_aug = "none"
+  config.loss.feature_aug_strength = 1.0
 
   config.optim = ml_collections.ConfigDict()
   # "adamw" | "lars" (backbone and projector; Ψ and the coefficient networks keep AdamW, §18.1)
@@ -143,16 +170,41 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def apply_lars_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Foster et al.'s SimCLR optimiser (docs/method.md §11.4), in place: SGD with momentum 0.9 and
+  weight decay 1e-6 wrapped in LARS (trust coefficient 1e-3), lr = 1.5·batch/256, a linear 10-epoch
+  ramp then cosine to 0, stepped per epoch. Set `config.batch_size` first: the learning rate is
+  computed from it here, once, so `--config.batch_size=B` also needs `--config.optim.lr=1.5·B/256`."""
+  config.optim.name = "lars"
+  config.optim.schedule = "epoch_ramp_cosine"
+  config.optim.lr = 1.5 * config.batch_size / 256
+  config.optim.min_lr = 0.0
+  config.optim.warmup_epochs = 10  # the linear ramp, in epochs
+  config.optim.weight_decay = 1e-6
+  config.optim.momentum = 0.9
+  config.optim.trust_coefficient = 1e-3
+  return config
+
+
 def apply_variant(config: ml_collections.ConfigDict, variant: str, *, dataset: str):
   """Switches `config` to one row family of the docs/method.md §5 table, in place; returns it."""
   if variant not in VARIANTS:
     raise ValueError(f"Unknown config variant {variant!r}; choose one of {VARIANTS}, e.g. "
                      f"--config=configs/{dataset}.py:simclr")
-  if variant in ("simclr", "simclr_noproj"):
+  if variant in ("simclr", "simclr_noproj", "nnclr"):
     config.method = "simclr"
     if variant == "simclr_noproj":
       config.model.projection = "none"
-  elif variant == "noproj":
+    if variant == "nnclr":
+      config.loss.nn_queue_size = NN_QUEUE_SIZE
+  elif variant in ("mixup", "gaussaug"):
+    config.method = "simclr"
+    config.model.projection = "none"
+    config.loss.contrastive = "mse"
+    config.loss.z0_negatives = True
+    config.loss.feature_aug = "mixup" if variant == "mixup" else "gaussian"
+    config.loss.feature_aug_strength = 1.0
+  elif variant in ("noproj", "direct"):
     config.model.projection = "none"
     config.loss.contrastive = "mse"
     config.loss.z0_negatives = True
@@ -160,6 +212,13 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str, *, dataset: s
     config.loss.kl_warmup = "exponential"
     config.loss.location_l2_weight = 0.0
     config.manifold.prior_warmup_steps = 5000
+    if variant == "direct":
+      config.model.projection = "direct"  # the contrastive embedding: the first 64 dims
+      config.manifold.direct = True
+      config.manifold.block_dim = 64
+  elif variant == "nn":
+    config.loss.nn_queue_size = NN_QUEUE_SIZE
+    config.loss.location_l2_weight = 0.0
   elif variant == "thresh":
     config.manifold.threshold = 0.01
     config.manifold.num_samples = 20

@@ -61,15 +61,7 @@ def get_config(variant: str = "cifar10_gp"):
   config.model.proj_output_dim = 128
   config.loss.temperature = 0.5
 
-  config.optim.name = "lars"
-  config.optim.schedule = "epoch_ramp_cosine"
-  config.optim.lr = 1.5 * config.batch_size / 256  # = 3.0; another --config.batch_size=B needs
-  # --config.optim.lr=1.5·B/256 as well (the formula is evaluated here, once)
-  config.optim.min_lr = 0.0
-  config.optim.warmup_epochs = 10  # the linear ramp, in epochs
-  config.optim.weight_decay = 1e-6
-  config.optim.momentum = 0.9
-  config.optim.trust_coefficient = 1e-3
+  base.apply_lars_recipe(config)
 
   config.invariance.weight = 0.1 if penalty == "gp" else 0.0  # λ over the colour-jitter factors
   config.invariance.clip = 1.0  # U

@@ -9,7 +9,18 @@ with and without test-time feature averaging, written to WORKDIR/results.json.
 
 Variants (`--config=configs/spirograph.py:<variant>`):
   cpu          the default above (invariance weight 0: the SimCLR baseline)
-  gp           + the gradient-penalty regulariser, λ = 0.01, clip 1000 (docs/method.md §11)
+  gp           + the gradient-penalty regulariser, λ = 0.01, clip U = 1000: the paper's values
+               (docs/method.md §11). At this CPU scale it makes the encoder worse, the reverse of
+               the paper. Over seeds 0–2 (docs/spirograph_gp_sweep.md), the content MSE is
+               0.098 ± 0.017 for a single view and 0.056 ± 0.024 with FA, against 0.036 ± 0.005 and
+               0.022 ± 0.005 without the penalty. The single-view number is worse than a random
+               encoder (0.090). FA still lowers the error. λ = 1e-3 also hurts (0.064 / 0.042).
+               λ = 1e-4 is the largest tried that does not (0.036 / 0.022).
+               The cause, as measured (docs/method.md §11.6): the first-order penalty is ~1000 at
+               initialisation, against a true view-to-view variance below 4. 99% of it comes from
+               h, whose image change is nearly opposite to m's. The narrow encoder lowers it by
+               shrinking its sensitivity to h, m and b alike. The paper's gain is reported at
+               `paper_gp`'s scale.
   manifoldclr  ManifoldCLR with projection head on the same small setting
   paper        the invariance paper's Spirograph recipe as its authors ran it (docs/method.md §11.4,
                §18): SimCLR on a ResNet-18 (width 64, CIFAR stem), 100k draws, 50 epochs of batch
@@ -72,6 +83,8 @@ def get_config(variant: str = "cpu"):
   config.manifold.prior_warmup_steps = 200
 
   if variant == "gp":
+    # The paper's λ, kept although it hurts at this scale (see the docstring): a smaller λ would
+    # hide the effect the preset exists to show, not reproduce the paper's gain.
     config.invariance.weight = 0.01
   elif variant == "manifoldclr":
     config.method = "manifoldclr"
@@ -94,15 +107,7 @@ def _authors_recipe(config):
   config.num_epochs = 50
   config.log_every_steps = 50
   config.checkpoint_every_steps = 975  # every 5 epochs
-  config.optim.name = "lars"  # SGD(momentum 0.9, weight decay 1e-6) in LARS (trust 1e-3)
-  config.optim.schedule = "epoch_ramp_cosine"
-  config.optim.lr = 1.5 * config.batch_size / 256  # = 3.0; another --config.batch_size=B needs
-  # --config.optim.lr=1.5·B/256 as well (the formula is evaluated here, once)
-  config.optim.min_lr = 0.0
-  config.optim.warmup_epochs = 10  # the linear ramp, in epochs
-  config.optim.weight_decay = 1e-6
-  config.optim.momentum = 0.9
-  config.optim.trust_coefficient = 1e-3
+  base.apply_lars_recipe(config)
   config.eval.feature_average_copies = 30
   config.eval.max_train_examples = 50_000  # probe on 50k / 10k draws (proportion 0.5)
   # ManifoldCLR on this setting (--config.method=manifoldclr): the paper-size coefficient networks.

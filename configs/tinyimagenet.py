@@ -6,7 +6,12 @@ TinyImageNet has no TFDS download: put tiny-imagenet-200.zip (or the unpacked fo
 
   python -m mclr_jax.main --config=configs/tinyimagenet.py --workdir=runs/tin
 
-1000 epochs × 195 steps of batch 512. Variants: see configs/base.py.
+1000 epochs × 195 steps of batch 512. Variants: see configs/base.py; `:nn` is the authors'
+`transop_vi_nn_proj_tin` (M = 128, Ψ weight decay 1e-4, w_KL 1e-5, w_TO 10, location L2 off,
+nearest-neighbour positives from a 65,536-row support queue, docs/method.md §17.3) and `:nnclr`
+their `nnclr_tinyimagenet` baseline:
+
+  python -m mclr_jax.main --config=configs/tinyimagenet.py:nn --workdir=runs/tin_nn
 """
 
 from configs import base
@@ -19,6 +24,6 @@ def get_config(variant: str = "proj"):
   config.optim.lr = 2e-3
   config.manifold.dictionary_size = 128
   base.apply_variant(config, variant, dataset="tinyimagenet")
-  if variant == "proj":
+  if variant in ("proj", "nn"):
     config.optim.psi_weight_decay = 1e-4
   return config

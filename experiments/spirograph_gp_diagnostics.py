@@ -1,12 +1,12 @@
 """What the gradient penalty measures on Spirograph, and why it can hurt (docs/method.md §11.6).
 
   python experiments/spirograph_gp_diagnostics.py                     # encoder at initialisation
-  python experiments/spirograph_gp_diagnostics.py \
+  python experiments/spirograph_gp_diagnostics.py --noinit \
       --workdirs=runs/spirograph_gp_sweep/cpu/lam0_seed0,runs/spirograph_gp_sweep/cpu/lam0.01_seed0
 
-For a randomly initialised encoder (configs/spirograph.py) and for each trained workdir (its final
-checkpoint, restored by the training loop), on N test draws with BatchNorm in training mode (what
-the penalty sees), it prints:
+For a randomly initialised encoder (configs/spirograph.py; `--noinit` skips it) and for each
+trained workdir (its newest checkpoint, read as a plain tree; the workdir is not written), on N test
+draws with BatchNorm in training mode (what the penalty sees), it prints:
   * the renderer alone: ‖∂x/∂h‖², ‖∂x/∂m‖² in pixel space and cos²(∂x/∂h, ∂x/∂m), the share of
     the image's change under m that lies along its change under h;
   * per parameter k of all 10: the first-order variance E‖J_k‖²·2Var(k) of r = h/‖h‖ (for the
@@ -14,7 +14,8 @@ the penalty sees), it prints:
   * the first-order penalty E‖J_α(α′ − α)‖² against the actual E‖r(α′) − r(α)‖² it stands for,
     for α′ − α in all of α, in h only and in the colours only; at initialisation also with
     per-image instead of per-row normalisation.
-Writes the numbers as JSON to --out. Seconds per encoder on a CPU.
+Writes the numbers as JSON to --out. About 2 minutes per encoder on a shared 2-core CPU, mostly
+compilation.
 """
 
 import json
@@ -24,6 +25,8 @@ import sys
 from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
 
 # `python experiments/...` puts experiments/ on sys.path, not the repository root with `configs`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,13 +35,14 @@ from mclr_jax import cli  # noqa: E402
 from mclr_jax.data import spirograph  # noqa: E402
 from mclr_jax.invariance import penalty as gp  # noqa: E402
 from mclr_jax.train import checkpoint  # noqa: E402
-from mclr_jax.train import loop  # noqa: E402
 from mclr_jax.train import objective  # noqa: E402
 from mclr_jax.train.data import spirograph_split  # noqa: E402
 
 flags.DEFINE_list("workdirs", [], "Trained Spirograph workdirs to diagnose (final checkpoints).")
 flags.DEFINE_integer("num_examples", 256, "Test draws N (one BatchNorm batch).")
 flags.DEFINE_integer("num_alpha_samples", 8, "α′ draws per example.")
+flags.DEFINE_bool("init", True, "Also diagnose the encoder at initialisation (both "
+                  "normalisations).")
 flags.DEFINE_string("out", "runs/spirograph_gp_diagnostics.json", "JSON output.")
 FLAGS = flags.FLAGS
 
@@ -105,6 +109,34 @@ def renderer_alignment(test10):
   return {k: float(v) for k, v in measure(test10).items()}
 
 
+def _run_config(workdir):
+  """WORKDIR/config.json over today's spirograph defaults, so a run saved before a config key
+  existed (e.g. model.arch) still restores with that key's default."""
+  config = spirograph_config.get_config("cpu")
+
+  def flat(tree, prefix=""):
+    for key, value in tree.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from flat(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", value
+
+  config.update_from_flattened_dict(dict(flat(checkpoint.read_config(workdir))))
+  return config
+
+
+def _restore_final(workdir):
+  """(params, batch_stats) of WORKDIR's newest checkpoint, read as a plain tree (read-only), so
+  checkpoints of the layout before `state`/`window` items (one `default` item) restore too."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  step = max(int(name) for name in os.listdir(directory) if name.isdigit())
+  path = os.path.join(directory, str(step))
+  item = "state" if os.path.isdir(os.path.join(path, "state")) else "default"
+  with ocp.StandardCheckpointer() as checkpointer:
+    tree = checkpointer.restore(os.path.join(path, item))
+  return tree["params"], tree["batch_stats"]
+
+
 def _print(title, result):
   print(f"\n{title}")
   for key, value in result.items():
@@ -123,18 +155,16 @@ def main(argv):
   _print("renderer (pixel space)", results["renderer"])
   networks = objective.build_networks(config)
   params, batch_stats = objective.init_variables(networks, config, jax.random.key(config.seed))
-  for normalization in ("row", "image"):
+  for normalization in ("row", "image") if FLAGS.init else ():
     name = f"init/{normalization}"
     results[name] = diagnose(networks, params, batch_stats, test10, alpha_prime, content,
                              normalization)
     _print(f"encoder at initialisation, {normalization} normalisation", results[name])
   for workdir in FLAGS.workdirs:
-    run_config = checkpoint.read_config(workdir)
-    # The loop restores the final checkpoint and returns it without training any further.
-    state = loop.train_and_evaluate(run_config, workdir)
-    networks = objective.build_networks(run_config)
-    results[workdir] = diagnose(networks, state.params, state.batch_stats, test10, alpha_prime,
-                                content, run_config.data.normalization)
+    run_config = _run_config(workdir)
+    params, batch_stats = _restore_final(workdir)
+    results[workdir] = diagnose(objective.build_networks(run_config), params, batch_stats, test10,
+                                alpha_prime, content, run_config.data.normalization)
     results[workdir]["weight"] = float(run_config.invariance.weight)
     _print(f"{workdir} (λ = {run_config.invariance.weight:g})", results[workdir])
   with open(FLAGS.out, "w") as f:

@@ -57,17 +57,29 @@ class QuietLibraries(std_logging.Filter):
     return not any(p in record.pathname for p in _QUIET_PATHS)
 
 
+def _late_checkpoint_callback(e: BaseException) -> bool:
+  """True for the error a TensorStore read or write reports when it completes after orbax has
+  closed the asyncio loop it would report to: after a failed restore (a corrupt checkpoint, which
+  the program then handles: moved aside, or refused in one line) or a failed save (a full disk).
+  The failure itself has been reported by then; this is only its late echo."""
+  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
 def _quiet_disk_errors_in_threads():
   """A full disk fails every writer thread of an async checkpoint save, and each would print its
-  traceback; the main thread raises the same failure as one line (checkpoint.save / wait)."""
+  traceback; the main thread raises the same failure as one line (checkpoint.save / wait). Late
+  callbacks of failed checkpoint reads and writes (`_late_checkpoint_callback`) are dropped too."""
   thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
 
+  def quiet(e) -> bool:
+    return bool(disk_error_reason(e)) or _late_checkpoint_callback(e)
+
   def quiet_thread(args):
-    if not disk_error_reason(args.exc_value):
+    if not quiet(args.exc_value):
       thread_hook(args)
 
   def quiet_unraisable(args):
-    if not disk_error_reason(args.exc_value):
+    if not quiet(args.exc_value):
       unraisable_hook(args)
 
   threading.excepthook, sys.unraisablehook = quiet_thread, quiet_unraisable

@@ -14,6 +14,7 @@ _spec.loader.exec_module(evaluation_time)
 pytestmark = pytest.mark.usefixtures("fast_cpu_compiles")
 
 
+@pytest.mark.slow  # the timing script end to end; tests/evaluate/test_model.py counts compiles in the default tier
 def test_main_times_two_calls_and_the_second_compiles_nothing(capsys):
   assert evaluation_time.main(["--num_train=30", "--num_test=20", "--width=2",
                                "--repeats=1"]) is None

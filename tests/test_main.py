@@ -50,6 +50,7 @@ def test_a_typo_in_a_config_key_is_one_line_with_a_suggestion(tmp_path):
   assert not os.listdir(tmp_path)  # rejected before any work
 
 
+@pytest.mark.slow  # a second CLI process; tests/reliability/test_bad_configs.py covers the rest
 def test_a_nan_learning_rate_is_one_line_naming_the_key(tmp_path):
   done = _run_cli("--config=configs/spirograph.py", f"--workdir={tmp_path}",
                   "--config.optim.lr=nan")

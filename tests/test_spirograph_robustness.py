@@ -77,6 +77,7 @@ def test_sizes_beyond_the_run_are_refused(model):
                                 fa_copies=1)
 
 
+@pytest.mark.slow  # trains and evaluates through the script
 def test_main_at_tiny_size(tmp_path, capsys):
   config = tiny_spirograph_config()
   config.data.num_train, config.data.num_test = 64, 32

@@ -49,6 +49,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   flags.DEFINE_integer("feature_average_copies", None,
                        "M for feature_average (default config.eval.feature_average_copies).",
                        flag_values=flag_values)
+  flags.DEFINE_integer("identity_repeats", None,
+                       "Draws per strength of the identity suite (default 20).",
+                       flag_values=flag_values)
   flags.DEFINE_integer("seed", 0, "Seed of the evaluation randomness.", flag_values=flag_values)
   config_flags.DEFINE_config_file("config", None, "Optional config file replacing the workdir's "
                                   "config.json (its model must match the checkpoint).",
@@ -88,6 +91,8 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
                                    semi_supervised_trials=fv.semi_supervised_trials,
                                    semi_supervised_steps=fv.semi_supervised_steps,
                                    feature_average_copies=fv.feature_average_copies)
+  if fv.identity_repeats is not None:
+    options.identity_repeats = fv.identity_repeats
   model, results = evaluate_workdir(fv.workdir, fv.suite, step=fv.step, config=fv.config,
                                     options=options, seed=fv.seed)
   print(f"Evaluation of {fv.workdir} at step {model.step} ({model.config.data.name}, "

@@ -93,3 +93,21 @@ def plot_semi_supervised(path, results: dict) -> str:
   ax.set_xticks(np.arange(len(names)), names, rotation=20)
   ax.set_ylabel("test accuracy")
   return _save(fig, path)
+
+
+def plot_identity_preservation(path, curves: dict, clean: float, view=None) -> str:
+  """Linear-probe accuracy against the mean relative distance moved (docs/method.md §17.1):
+  curves maps augmentation → (distances (S,), accuracies (S,), stds (S,)) over the strength
+  sweep; `clean` is the clean accuracy (a dashed line), `view` an optional (distance, accuracy)
+  point for the features of another view."""
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for name, (distance, accuracy, std) in curves.items():
+    ax.errorbar(distance, accuracy, yerr=std, marker="o", ms=4, capsize=3, label=name)
+  ax.axhline(clean, color="k", ls="--", lw=0.8, label="clean")
+  if view is not None:
+    ax.scatter([view[0]], [view[1]], marker="*", s=120, color="k", zorder=3, label="other view")
+  ax.set_xlabel("mean ‖z_aug − z‖ / ‖z‖")
+  ax.set_ylabel("linear-probe accuracy")
+  ax.set_title("Identity preservation")
+  ax.legend(fontsize=8)
+  return _save(fig, path)

@@ -14,6 +14,10 @@ below (docs/method.md §8.5):
 - "mixup" ("MMICT"): `mixup_consistency`, λ ~ Beta(0.5, 0.5) per row, the mixing partner an
   independent unlabelled batch (as the authors' code), the target the same mix of the EMA
   classifier's softmaxes, squared error on probabilities.
+- "featmatch": `pseudo_label_consistency` with the learned feature augmentation of FeatMatch
+  (`FeatMatchAttention`, docs/method.md §17.5): z_u is refined by 4-head attention over the
+  step's labelled features as prototypes; the module is trained jointly with the classifier (the
+  consistency term's gradient reaches it, and the same Adam updates both).
 
 The labelled batch is drawn without replacement each step (min(labelled_batch, number labelled)
 distinct rows, as a shuffled loader gives); the unlabelled batch with replacement (a permutation
@@ -35,7 +39,7 @@ import optax
 from mclr_jax.evaluate.linear_probe import coupled_adam
 from mclr_jax.models.linear import Linear
 
-AUGMENTATIONS = ("transport", "mixup", "none")
+AUGMENTATIONS = ("transport", "mixup", "none", "featmatch")
 
 
 class Classifier(nn.Module):
@@ -47,6 +51,42 @@ class Classifier(nn.Module):
   def __call__(self, x):
     x = nn.leaky_relu(Linear(self.hidden_dim)(x), negative_slope=0.01)
     return Linear(self.num_classes)(x)
+
+
+class FeatMatchAttention(nn.Module):
+  """FeatMatch's learned feature augmentation (Kuo et al. 2020, §3.2; docs/method.md §17.5).
+
+  For features x (n, D) and prototypes p (P, D), per head h (H = num_heads, width w = D/H):
+    e_x, e_p = E_h x, E_h p                       (Linear D → w, shared by x and p)
+    a = softmax(e_x e_pᵀ / √w)                    (n, P), attention dropout `dropout` in training
+    o_h = ReLU(F_h [a e_p, e_x])                  (Linear 2w → w)
+  and x' = ReLU(x + O [o_1, ..., o_H]) (Linear D → D). The prototypes are the labelled features of
+  the step, as the authors' semi-supervised script uses them (4 heads, dropout 0.1); FeatMatch
+  itself draws them from k-means of a memory bank. PyTorch's default Linear initialisation.
+  """
+  num_heads: int = 4
+  dropout: float = 0.1
+
+  @nn.compact
+  def __call__(self, x, prototypes, dropout_key=None):
+    """x (n, D), prototypes (P, D) -> (n, D); dropout_key None: no dropout (evaluation)."""
+    dim = x.shape[-1]
+    if dim % self.num_heads:
+      raise ValueError(f"FeatMatchAttention needs the feature width {dim} to be divisible by "
+                       f"num_heads={self.num_heads}.")
+    width = dim // self.num_heads
+    heads = []
+    for h in range(self.num_heads):
+      embed = Linear(width, name=f"embed_{h}")
+      e_x, e_p = embed(x), embed(prototypes)
+      weights = jax.nn.softmax(e_x @ e_p.T / jnp.sqrt(float(width)), axis=-1)
+      if dropout_key is not None and self.dropout > 0:
+        keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, h), 1.0 - self.dropout,
+                                    weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - self.dropout), 0.0)
+      mixed = jnp.concatenate([weights @ e_p, e_x], axis=-1)
+      heads.append(nn.relu(Linear(width, name=f"mix_{h}")(mixed)))
+    return nn.relu(x + Linear(dim, name="output")(jnp.concatenate(heads, axis=-1)))
 
 
 def split_labelled(key, labels, num_classes: int, labels_per_class: int):
@@ -116,44 +156,58 @@ def mixup_consistency(logits_mixed, target_probs, partner_probs, lam):
 def _run_trial(trial_key, train_x, train_y, test_x, test_y, *, model, augment_fn, augmentation,
                use_consistency, num_classes, labels_per_class, num_steps, labelled_batch,
                unlabelled_batch, lr, weight_decay, ema, consistency_weight, confidence):
-  """Trains one classifier; returns its EMA copy's test accuracy and test cross-entropy (scalars)."""
+  """Trains one classifier; returns its EMA copy's test accuracy and test cross-entropy (scalars).
+
+  The trained parameters are {"classifier"} (+ {"featmatch"}, the FeatMatch module trained with
+  it); the EMA copy is the classifier's.
+  """
   split_key, init_key, train_key = jax.random.split(trial_key, 3)
   labelled, unlabelled = split_labelled(split_key, train_y, num_classes, labels_per_class)
-  params = model.init(init_key, train_x[:1])
+  params = {"classifier": model.init(init_key, train_x[:1])}
+  featmatch = FeatMatchAttention() if augmentation == "featmatch" and use_consistency else None
+  if featmatch is not None:
+    params["featmatch"] = featmatch.init(jax.random.fold_in(init_key, 1), train_x[:1],
+                                         train_x[:1])
   tx = coupled_adam(lr, weight_decay)
 
-  def consistency(p, ema_p, key):
+  def consistency(p, ema_clf, key, z_l):
     rows_key, partner_key, lam_key, aug_key = jax.random.split(key, 4)
+    clf = lambda z: model.apply(p["classifier"], z)
     z_u = train_x[sample_rows(rows_key, unlabelled, unlabelled_batch, replace=True)]
     if augmentation == "mixup":
       partner = train_x[sample_rows(partner_key, unlabelled, unlabelled_batch, replace=True)]
       lam = jax.random.beta(lam_key, 0.5, 0.5, (unlabelled_batch, 1))
-      teacher = lambda z: jax.nn.softmax(model.apply(ema_p, z))
-      return mixup_consistency(model.apply(p, mixup(lam, z_u, partner)), teacher(z_u),
-                               teacher(partner), lam)
-    z_aug = z_u if augmentation == "none" else jax.lax.stop_gradient(augment_fn(aug_key, z_u))
-    return pseudo_label_consistency(model.apply(p, z_u), model.apply(p, z_aug), confidence)
+      teacher = lambda z: jax.nn.softmax(model.apply(ema_clf, z))
+      return mixup_consistency(clf(mixup(lam, z_u, partner)), teacher(z_u), teacher(partner), lam)
+    if augmentation == "featmatch":  # learned: the gradient reaches the attention module
+      z_aug = featmatch.apply(p["featmatch"], z_u, z_l, dropout_key=aug_key)
+    elif augmentation == "none":
+      z_aug = z_u
+    else:
+      z_aug = jax.lax.stop_gradient(augment_fn(aug_key, z_u))
+    return pseudo_label_consistency(clf(z_u), clf(z_aug), confidence)
 
-  def loss_fn(p, ema_p, step_key):
+  def loss_fn(p, ema_clf, step_key):
     # The same keys are drawn whether or not the consistency term is used, so the supervised
     # baseline sees exactly the labelled batches that the semi-supervised run sees.
     lab_key, unl_key = jax.random.split(step_key)
     rows = sample_rows(lab_key, labelled, min(labelled_batch, labelled.shape[0]), replace=False)
-    loss = jnp.mean(_cross_entropy(model.apply(p, train_x[rows]), train_y[rows]))
+    z_l = train_x[rows]
+    loss = jnp.mean(_cross_entropy(model.apply(p["classifier"], z_l), train_y[rows]))
     if use_consistency:
-      loss = loss + consistency_weight * consistency(p, ema_p, unl_key)
+      loss = loss + consistency_weight * consistency(p, ema_clf, unl_key, z_l)
     return loss
 
   def step(carry, step_index):
-    p, ema_p, opt_state = carry
-    grads = jax.grad(loss_fn)(p, ema_p, jax.random.fold_in(train_key, step_index))
+    p, ema_clf, opt_state = carry
+    grads = jax.grad(loss_fn)(p, ema_clf, jax.random.fold_in(train_key, step_index))
     updates, opt_state = tx.update(grads, opt_state, p)
     p = optax.apply_updates(p, updates)
-    ema_p = jax.tree.map(lambda e, q: ema * e + (1 - ema) * q, ema_p, p)
-    return (p, ema_p, opt_state), None
+    ema_clf = jax.tree.map(lambda e, q: ema * e + (1 - ema) * q, ema_clf, p["classifier"])
+    return (p, ema_clf, opt_state), None
 
-  (_, ema_params, _), _ = jax.lax.scan(step, (params, params, tx.init(params)),
-                                       jnp.arange(num_steps))
+  (_, ema_params, _), _ = jax.lax.scan(
+      step, (params, params["classifier"], tx.init(params)), jnp.arange(num_steps))
   logits = model.apply(ema_params, test_x)
   return (jnp.mean(jnp.argmax(logits, axis=-1) == test_y),
           jnp.mean(_cross_entropy(logits, test_y)))
@@ -195,7 +249,8 @@ def run_semi_supervised(key_or_seeds, train_x, train_y, test_x, test_y, num_clas
       read by the loss).
     test_x: (M, D); test_y: (M,).
     num_classes: C.
-    augmentation: "transport" (needs `augment_fn`), "mixup" or "none".
+    augmentation: "transport" (needs `augment_fn`), "mixup", "none" or "featmatch" (D divisible
+      by 4, the attention heads).
     augment_fn: callable (key, z (n, D)) -> (n, D), traced inside the jitted step (must be JAX-pure).
     hidden_dim: MLP width (paper: 2048).
     trials_per_batch: trials vmapped together per compiled call (None = all), to bound memory.

@@ -24,6 +24,7 @@ from mclr_jax.evaluate import clustering
 from mclr_jax.evaluate import figures
 from mclr_jax.evaluate import geometry
 from mclr_jax.evaluate import geometry_probe
+from mclr_jax.evaluate import identity
 from mclr_jax.evaluate import invariance_probe
 from mclr_jax.evaluate import knn
 from mclr_jax.evaluate import linear_probe
@@ -93,6 +94,8 @@ class SuiteOptions:
   geometry_tangent_dim: int = 4  # sample-based tangent dimension (images)
   geometry_neighbours: int = 20  # local-PCA neighbourhood (images)
   num_classes: Optional[int] = None  # default: the dataset's, or max label + 1 for injected data
+  identity_strengths: tuple = identity.DEFAULT_STRENGTHS  # coefficient multipliers s (§17.1)
+  identity_repeats: int = identity.DEFAULT_REPEATS  # draws per strength (authors' notebook: 20)
 
 
 @functools.lru_cache(maxsize=4)
@@ -265,8 +268,8 @@ def prior_aug_suite(ev: Evaluation) -> dict:
       ev.key("prior_aug"), f_train, train_y, augment, num_queries=min(20, len(train_y)))}
 
 
-@suite("semi_supervised", "5 labels per class: transport / mixup / pseudo-label / supervised MLPs",
-       needs_labels=True)
+@suite("semi_supervised", "5 labels per class: transport / mixup / pseudo-label / FeatMatch / "
+       "supervised MLPs", needs_labels=True)
 def semi_supervised_suite(ev: Evaluation) -> dict:
   """docs/method.md §8.5; the trials are seeded by index (seed = trial), as the authors'."""
   config, options = ev.config.eval, ev.options
@@ -277,7 +280,7 @@ def semi_supervised_suite(ev: Evaluation) -> dict:
   arrays = (ev.features("train"), ev.split("train")[1], ev.features("test"), ev.split("test")[1],
             ev.num_classes)
   model = ev.model
-  methods = (("transport",) if model.psi is not None else ()) + ("mixup", "none")
+  methods = (("transport",) if model.psi is not None else ()) + ("mixup", "none", "featmatch")
   # One transport function for all calls: the compiled trials are cached by its identity.
   augment = operators.transport_augment_fn(model) if model.psi is not None else None
   out = {}
@@ -290,6 +293,24 @@ def semi_supervised_suite(ev: Evaluation) -> dict:
   out["figure"] = figures.plot_semi_supervised(
       ev.figure("semi_supervised.png"), {m: (v["mean"], v["std"]) for m, v in out.items()})
   return out
+
+
+@suite("identity", "identity preservation: the clean linear probe on test features moved by the "
+       "learned prior, the hyper-prior, norm-matched noise and the posterior, against strength "
+       "(ManifoldCLR)", needs_labels=True)
+def identity_suite(ev: Evaluation) -> dict:
+  model = ev.model  # docs/method.md §17.1
+  if model.psi is None:
+    return {"skipped": f"method={ev.config.method!r} has no operators."}
+  options = ev.options
+  (_, train_y), (_, test_y) = ev.split("train"), ev.split("test")
+  # The posterior's pair: one random training view of each test input (§12: M = 1).
+  return identity.protocol(
+      model, (ev.features("train"), train_y), (ev.features("test"), test_y),
+      ev.features("test", 1), ev.num_classes, ev.key("identity"),
+      strengths=tuple(options.identity_strengths), repeats=options.identity_repeats,
+      probe_epochs=options.linear_epochs or ev.config.eval.linear_epochs,
+      figure_path=ev.figure("identity_preservation.png"))
 
 
 @suite("feature_average", "the probe on features averaged over M training views (M = "

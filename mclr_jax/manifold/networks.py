@@ -6,7 +6,7 @@ losses' dependence on their outputs, never by moving the features they read.
 """
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,17 +42,21 @@ class CoefficientEncoder(nn.Module):
     hidden_dims: trunk widths (paper: 2048, 2048, 512).
     scale_prior: b of the fixed hyperprior (0.01); offsets log b_q.
     shift_prior: constant offset added to μ_q (0.05).
+    input_dim: read only the first input_dim feature dimensions (None: all); ManifoldDirectCLR
+      reads the b transported ones (docs/method.md §2.5).
     dtype: compute dtype of the linear layers; outputs are float32.
   """
   num_operators: int
   hidden_dims: Sequence[int] = (2048, 2048, 512)
   scale_prior: float = 0.01
   shift_prior: float = 0.05
+  input_dim: Optional[int] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z0, z1):
     """z0, z1: (B, D) -> (mu_q, log_scale_q), each (B, M) float32."""
+    z0, z1 = z0[..., :self.input_dim], z1[..., :self.input_dim]
     x = jnp.concatenate([lax.stop_gradient(z0), lax.stop_gradient(z1)], axis=-1)
     h = _MLPTrunk(self.hidden_dims, self.dtype, name="trunk")(x)
     s = Linear(self.num_operators, dtype=self.dtype, name="scale_head")(h).astype(jnp.float32)
@@ -74,6 +78,7 @@ class CoefficientPrior(nn.Module):
     hidden_dims: trunk widths (paper: 2048, 1024, 512).
     scale_prior, shift_prior: the fixed hyperprior's b (0.01) and location (0.05).
     warmup_steps: prior warm-up length in global steps (0: no warm-up, w = 1).
+    input_dim: read only the first input_dim feature dimensions (None: all; docs/method.md §2.5).
     dtype: compute dtype of the linear layers; outputs are float32.
   """
   num_operators: int
@@ -81,12 +86,13 @@ class CoefficientPrior(nn.Module):
   scale_prior: float = 0.01
   shift_prior: float = 0.05
   warmup_steps: int = 10000
+  input_dim: Optional[int] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z0, step):
     """z0: (B, D); step: global step (int, possibly traced) -> (mu_p, log_scale_p), (B, M)."""
-    x = lax.stop_gradient(z0)
+    x = lax.stop_gradient(z0[..., :self.input_dim])
     h = _MLPTrunk(self.hidden_dims, self.dtype, name="trunk")(x)
     s = Linear(self.num_operators, dtype=self.dtype, name="scale_head")(h).astype(jnp.float32)
     t = Linear(self.num_operators, dtype=self.dtype, name="shift_head")(h).astype(jnp.float32)

@@ -83,20 +83,26 @@ def transport(psi, coeffs, z, method="taylor"):
   Args:
     psi: (M, K, b, b) operator dictionary.
     coeffs: (..., M) coefficients.
-    z: (..., D) features, D = K·b. Leading axes broadcast with coeffs', e.g. coeffs (J, B, M) with
-      z (B, D) gives (J, B, D).
+    z: (..., D) features, D >= K·b. Leading axes broadcast with coeffs', e.g. coeffs (J, B, M)
+      with z (B, D) gives (J, B, D). The first K·b dimensions are transported; any further ones
+      pass through unchanged (ManifoldDirectCLR, docs/method.md §2.5: Ψ covers the first b dims).
     method: expm method, "taylor" or "pade" (see `expm`).
 
   Returns:
     (..., D) transported features, leading axes broadcast, z's dtype.
   """
   num_blocks, block_dim = psi.shape[1], psi.shape[-1]
-  if z.shape[-1] != num_blocks * block_dim:
-    raise ValueError(f"z last axis must be K·b = {num_blocks}·{block_dim} = "
-                     f"{num_blocks * block_dim} for psi of shape {psi.shape}; got z shape {z.shape}.")
+  width = num_blocks * block_dim
+  if z.shape[-1] < width:
+    raise ValueError(f"z last axis must be at least K·b = {num_blocks}·{block_dim} = {width} for "
+                     f"psi of shape {psi.shape}; got z shape {z.shape}.")
   dtype = jnp.promote_types(jnp.result_type(psi, coeffs, z), jnp.float32)
   a = generator(psi.astype(dtype), coeffs.astype(dtype))
   t = expm(a, method=method)  # (..., K, b, b)
-  z_blocks = z.astype(dtype).reshape(z.shape[:-1] + (num_blocks, block_dim, 1))
+  z_blocks = z[..., :width].astype(dtype).reshape(z.shape[:-1] + (num_blocks, block_dim, 1))
   out = jnp.matmul(t, z_blocks, precision=lax.Precision.HIGHEST)[..., 0]
-  return out.reshape(out.shape[:-2] + (num_blocks * block_dim,)).astype(z.dtype)
+  out = out.reshape(out.shape[:-2] + (width,)).astype(z.dtype)
+  if z.shape[-1] == width:
+    return out
+  rest = jnp.broadcast_to(z[..., width:], out.shape[:-1] + (z.shape[-1] - width,))
+  return jnp.concatenate([out, rest], axis=-1)

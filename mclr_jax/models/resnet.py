@@ -34,6 +34,16 @@ stem_kernel = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform
 STEMS = ("cifar", "imagenet64")
 
 
+def _conv_and_norm(block, train: bool):
+  """The bias-free, Kaiming-initialised convolution and the PyTorch-style BatchNorm of a residual
+  block, in the block's dtypes."""
+  conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_kernel, dtype=block.dtype,
+                           param_dtype=block.param_dtype)
+  norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                           epsilon=BN_EPSILON, dtype=block.dtype, param_dtype=block.param_dtype)
+  return conv, norm
+
+
 class BasicBlock(nn.Module):
   """Two 3×3 conv-BN layers with an identity or 1×1 conv-BN projection shortcut (torchvision).
 
@@ -47,10 +57,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_kernel, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv, norm = _conv_and_norm(self, train)
     # Explicit symmetric padding: Flax's "SAME" pads (0, 1) for stride 2 on even sizes, PyTorch (1, 1).
     y = conv(self.features, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name="conv1")(x)
     y = nn.relu(norm(name="bn1")(y))
@@ -80,10 +87,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_kernel, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv, norm = _conv_and_norm(self, train)
     out = self.features * self.expansion
     y = nn.relu(norm(name="bn1")(conv(self.features, (1, 1), padding="VALID", name="conv1")(x)))
     y = conv(self.features, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name="conv2")(y)

@@ -39,7 +39,8 @@ COMMIT_MARKER = "commit_success.txt"
 # What a checkpoint holds: the TrainState, and the metrics accumulated since the last log step.
 ITEMS = ("state", "window")
 # Config keys whose change makes a run's checkpoints unusable (or another run): refused on resume.
-LOCKED_SECTIONS = ("method", "data.name", "model", "manifold")
+# loss.nn_queue_size: the support queue's shape is part of the TrainState (docs/method.md §17.3).
+LOCKED_SECTIONS = ("method", "data.name", "model", "manifold", "loss.nn_queue_size")
 
 
 class CheckpointError(UserFacingError, RuntimeError):

@@ -6,6 +6,7 @@ import ml_collections
 
 from mclr_jax.train import objective
 from mclr_jax.train import optimizer as optimizer_lib
+from mclr_jax.train import support_queue
 from mclr_jax.train.state import TrainState
 
 
@@ -26,8 +27,12 @@ def create_train_state(config, key, steps_per_epoch: int, sharding=None):
 
   def init(key):
     params, batch_stats = objective.init_variables(networks, config, key)
+    queue = None
+    if objective.uses_queue(config):  # docs/method.md §17.3: empty, nothing written yet
+      queue = support_queue.empty(config.loss.nn_queue_size,
+                                  objective.embedding_dim(networks, config))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params), queue=queue)
 
   # Jitted: eager initialisation of a ResNet dispatches hundreds of small ops (~10 s on CPU). The
   # key is a constant of the program, so no input has to be placed first.

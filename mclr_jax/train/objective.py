@@ -8,6 +8,10 @@ ManifoldCLR (docs/method.md §1):
   ẑ1 = T(c) z0;  z0_aug = T(c0) z0 with c0 ~ p     z0 is not detached (the backbone learns from both)
   loss = contrastive(g(z0_aug), g(z1)) + w_TO·MSE(ẑ1, sg z1) + w_KL(t)·KL(q‖p) + w_L2·‖μ_q‖²
 Either method can add λ·P, the gradient-penalty regulariser on view 0 (docs/method.md §11).
+Variants and baselines (docs/method.md §17): ManifoldDirectCLR (`manifold.direct`: Ψ and the
+coefficient networks on the first b feature dimensions), nearest-neighbour positives from a support
+queue (`loss.nn_queue_size`, NNCLR), and SimCLR with a feature-space view (`loss.feature_aug`:
+mixup or Gaussian noise in place of the transport).
 """
 
 import dataclasses
@@ -24,7 +28,13 @@ from mclr_jax.data.datasets import get_dataset_info
 from mclr_jax.invariance import penalty as invariance_penalty
 from mclr_jax.models import ProjectionHead
 from mclr_jax.models import resnet
+from mclr_jax.train import feature_views
+from mclr_jax.train import support_queue
 from mclr_jax.train import views as views_lib
+
+# The aux entry of `compute_loss`'s metrics holding the (B, d) embeddings the step pushes into the
+# support queue (docs/method.md §17.3); the step removes it before the metrics are accumulated.
+ENQUEUE = "_enqueue"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +71,26 @@ def feature_dim(config) -> int:
   return resnet.backbone(arch(config), width=config.model.width).feature_dim
 
 
+def transported_dim(config) -> int:
+  """Width of the features Ψ acts on: all of them, or the first b for ManifoldDirectCLR (§2.5)."""
+  if config.manifold.get("direct", False):
+    return config.manifold.block_dim
+  return feature_dim(config)
+
+
+def embedding_dim(networks: "Networks", config) -> int:
+  """Width d of the contrastive embedding, the projector's output (computes nothing)."""
+  z = jax.ShapeDtypeStruct((2, feature_dim(config)), jnp.float32)
+  out, _ = jax.eval_shape(
+      lambda z: networks.projector.init_with_output(jax.random.key(0), z, train=False), z)
+  return out.shape[-1]
+
+
+def uses_queue(config) -> bool:
+  """Nearest-neighbour positives from a support queue (docs/method.md §17.3)."""
+  return config.loss.get("nn_queue_size", 0) > 0
+
+
 def image_size(config) -> int:
   return 32 if config.data.name == "spirograph" else get_dataset_info(config.data.name).image_size
 
@@ -74,13 +104,16 @@ def build_networks(config: ml_collections.ConfigDict) -> Networks:
   if config.method != "manifoldclr":
     return Networks(backbone, projector, None, None)
   m = config.manifold
+  # ManifoldDirectCLR: the networks read only the transported dimensions (§2.5).
+  input_dim = m.block_dim if m.get("direct", False) else None
   # The coefficient networks stay in float32: their outputs parameterise the expm (§2.2).
   encoder = manifold.CoefficientEncoder(num_operators=m.dictionary_size,
                                         hidden_dims=tuple(m.encoder_hidden),
-                                        scale_prior=m.scale_prior, shift_prior=m.shift_prior)
+                                        scale_prior=m.scale_prior, shift_prior=m.shift_prior,
+                                        input_dim=input_dim)
   prior = manifold.CoefficientPrior(num_operators=m.dictionary_size, hidden_dims=tuple(m.prior_hidden),
                                     scale_prior=m.scale_prior, shift_prior=m.shift_prior,
-                                    warmup_steps=m.prior_warmup_steps)
+                                    warmup_steps=m.prior_warmup_steps, input_dim=input_dim)
   return Networks(backbone, projector, encoder, prior)
 
 
@@ -96,7 +129,7 @@ def init_variables(networks: Networks, config, key) -> tuple[dict, dict]:
   batch_stats = {"backbone": bb["batch_stats"], "projector": proj.get("batch_stats", {})}
   if networks.coeff_encoder is not None:
     m = config.manifold
-    params["psi"] = manifold.init_operators(k_psi, m.dictionary_size, feature_dim(config),
+    params["psi"] = manifold.init_operators(k_psi, m.dictionary_size, transported_dim(config),
                                             m.block_dim, kind=m.init, real_range=m.real_range,
                                             imag_range=m.imag_range)
     params["coeff_encoder"] = networks.coeff_encoder.init(k_enc, z, z)["params"]
@@ -127,9 +160,14 @@ class _BatchNormThread:
     return out
 
 
-def compute_loss(params, batch_stats, batch, rng, step, *, networks: Networks, config
+def compute_loss(params, batch_stats, batch, rng, step, *, networks: Networks, config,
+                 queue: Optional[support_queue.SupportQueue] = None
                  ) -> tuple[jax.Array, tuple[dict, Any]]:
-  """The total loss and (metrics, new batch_stats) for one global batch; pure and jittable."""
+  """The total loss and (metrics, new batch_stats) for one global batch; pure and jittable.
+
+  With nearest-neighbour positives (`loss.nn_queue_size` > 0) `queue` is the support queue the
+  positives are looked up in, and metrics[ENQUEUE] holds the (B, d) embeddings to push next.
+  """
   k_views, k_pen, k_alpha, k_q, k_p, k_j = jax.random.split(rng, 6)
   inv = config.invariance
   use_penalty = inv.weight > 0
@@ -152,34 +190,37 @@ def compute_loss(params, batch_stats, batch, rng, step, *, networks: Networks, c
   batch_size = z0.shape[0]
 
   if config.method == "simclr":
-    p = run("projector", jnp.concatenate([z0, z1]))
-    contrastive = _contrastive(p[:batch_size], p[batch_size:], p[:batch_size], config)
+    z0_aug = None
+    if config.loss.get("feature_aug", "none") != "none":  # §17.4; k_p: SimCLR has no prior
+      z0_aug = feature_views.augment(config.loss.feature_aug, k_p, z0, z1,
+                                     config.loss.feature_aug_strength)
+    contrastive, embedding = _contrastive_term(run, z0, z1, z0_aug, config, queue)
     loss = contrastive
   else:
     m = config.manifold
     psi = params["psi"]
+    # Ψ acts on the first `width` dims (all but for ManifoldDirectCLR, §2.5); the transport term
+    # and best-of-J compare those dims only, and the augmentation passes the others through.
+    width = transported_dim(config)
+    z0_t, z1_t = z0[:, :width], z1[:, :width]
     mu_q, log_scale_q = networks.coeff_encoder.apply({"params": params["coeff_encoder"]}, z0, z1)
     mu_p, log_scale_p = networks.prior.apply({"params": params["prior"]}, z0, step)
     noise = jax.random.uniform(k_q, (max(m.num_samples, 1),) + mu_q.shape, minval=-0.5, maxval=0.5)
     u = noise[0]
     if m.num_samples > 1:
-      best = lambda: manifold.select_best_of_j(psi, noise, mu_q, log_scale_q, z0, z1, m.threshold,
-                                               l1_penalty=m.l1_penalty, method=m.best_of_j_method,
+      best = lambda: manifold.select_best_of_j(psi, noise, mu_q, log_scale_q, z0_t, z1_t,
+                                               m.threshold, l1_penalty=m.l1_penalty,
+                                               method=m.best_of_j_method,
                                                compute_dtype=jnp.dtype(m.best_of_j_dtype))[0]
       u = jax.lax.cond(step >= m.best_of_j_start, best, lambda: noise[0])
     coeffs = manifold.laplace_sample(u, mu_q, log_scale_q, m.threshold)
-    z1_hat = manifold.transport(psi, coeffs, z0, method=m.expm)
+    z1_hat = manifold.transport(psi, coeffs, z0_t, method=m.expm)
     coeffs_aug = manifold.sample_coefficients(k_p, mu_p, log_scale_p, m.threshold)
     z0_aug = manifold.transport(psi, coeffs_aug, z0, method=m.expm)
 
-    if config.model.projection == "none":
-      contrastive = _contrastive(z0_aug, z1, z0, config)
-    else:
-      p01 = run("projector", jnp.concatenate([z0, z1]))
-      p_aug = run("projector", z0_aug)
-      contrastive = _contrastive(p_aug, p01[batch_size:], p01[:batch_size], config)
+    contrastive, embedding = _contrastive_term(run, z0, z1, z0_aug, config, queue)
     lc = config.loss
-    transport_term = losses.transport_mse(z1_hat, z1)
+    transport_term = losses.transport_mse(z1_hat, z1_t)
     kl_term = jnp.mean(manifold.laplace_kl(mu_q, log_scale_q, mu_p, log_scale_p))
     l2_term = losses.location_l2(mu_q)
     loss = (contrastive + lc.transport_weight * transport_term + kl_weight(lc, step) * kl_term
@@ -187,8 +228,8 @@ def compute_loss(params, batch_stats, batch, rng, step, *, networks: Networks, c
     metrics.update(
         transport=transport_term, kl=kl_term, location_l2=l2_term,
         # Diagnostics: relative transport error, sparsity and size of the sampled coefficients.
-        transport_rel_error=jnp.sum((z1_hat - z1) ** 2) / (jnp.sum(z1 ** 2) + 1e-12),
-        baseline_rel_error=jnp.sum((z0 - z1) ** 2) / (jnp.sum(z1 ** 2) + 1e-12),
+        transport_rel_error=jnp.sum((z1_hat - z1_t) ** 2) / (jnp.sum(z1_t ** 2) + 1e-12),
+        baseline_rel_error=jnp.sum((z0_t - z1_t) ** 2) / (jnp.sum(z1_t ** 2) + 1e-12),
         coeff_abs_mean=jnp.mean(jnp.abs(coeffs)),
         coeff_zero_fraction=jnp.mean(coeffs == 0),
         prior_scale_mean=jnp.mean(jnp.exp(log_scale_p)),
@@ -198,12 +239,41 @@ def compute_loss(params, batch_stats, batch, rng, step, *, networks: Networks, c
     loss = loss + inv.weight * metrics["penalty"]
   metrics.update(loss=loss, contrastive=contrastive,
                  feature_norm=jnp.mean(jnp.linalg.norm(z0, axis=-1)))
+  if queue is not None:
+    metrics[ENQUEUE] = jax.lax.stop_gradient(losses.l2_normalize(embedding))
   return loss, (metrics, run.stats)
 
 
-def _contrastive(a, b, negatives, config):
-  """NT-Xent on L2-normalised embeddings, or the MSE InfoNCE with optional z0 negatives (§4.1)."""
+def _contrastive_term(run, z0, z1, z0_aug, config, queue):
+  """The contrastive loss of the view-0 side against view 1 (§4.2), and the view-1 embedding.
+
+  The view-0 side is z0_aug (ManifoldCLR's transport, a feature-space baseline's view) or z0.
+  Without a projection head a feature view is compared on the raw features with z0 as the extra
+  negatives; otherwise the projector runs on concat[z0; z1] (its z0 half is the negatives) and,
+  separately, on z0_aug (§15.7).
+  """
+  batch_size = z0.shape[0]
+  if z0_aug is not None and config.model.projection == "none":
+    e0, e1, negatives = z0_aug, z1, z0
+  else:
+    p01 = run("projector", jnp.concatenate([z0, z1]))
+    e1, negatives = p01[batch_size:], p01[:batch_size]
+    e0 = negatives if z0_aug is None else run("projector", z0_aug)
+  return _contrastive(e0, e1, negatives, config, queue), e1
+
+
+def _contrastive(a, b, negatives, config, queue=None):
+  """NT-Xent on L2-normalised embeddings, or the MSE InfoNCE with optional z0 negatives (§4.1).
+
+  With a support queue (NNCLR, §17.3) each side's positive is its nearest neighbour in the queue
+  (no gradient), symmetrised: ½[NT-Xent(NN(â), b̂) + NT-Xent(NN(b̂), â)].
+  """
   if config.loss.contrastive == "mse":
     extra = negatives if config.loss.z0_negatives else None
     return losses.mse_info_nce(a, b, config.loss.temperature, negatives=extra)
-  return losses.nt_xent(losses.l2_normalize(a), losses.l2_normalize(b), config.loss.temperature)
+  a, b = losses.l2_normalize(a), losses.l2_normalize(b)
+  if queue is None:
+    return losses.nt_xent(a, b, config.loss.temperature)
+  nn_a, nn_b = support_queue.nearest(queue, a), support_queue.nearest(queue, b)
+  return 0.5 * (losses.nt_xent(nn_a, b, config.loss.temperature)
+                + losses.nt_xent(nn_b, a, config.loss.temperature))

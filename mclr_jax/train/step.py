@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from mclr_jax.train import objective
+from mclr_jax.train import support_queue
 from mclr_jax.train.state import TrainState
 
 # Loss terms whose finiteness is checked, in the order they are reported.
@@ -22,7 +23,7 @@ CHECKED_TERMS = ("contrastive", "transport", "kl", "location_l2", "penalty")
 # Everything the step checks, in the order a stop reports it: the input batch first (a NaN batch
 # need not give a NaN loss, see _nonfinite_flags), then the loss terms, the gradient, and every part
 # of the state the update would write.
-CHECKS = ("data",) + CHECKED_TERMS + ("gradient", "params", "opt_state", "batch_stats")
+CHECKS = ("data",) + CHECKED_TERMS + ("gradient", "params", "opt_state", "batch_stats", "queue")
 
 
 def make_train_step(networks: objective.Networks, config, tx: optax.GradientTransformation):
@@ -34,18 +35,23 @@ def make_train_step(networks: objective.Networks, config, tx: optax.GradientTran
     # One key per step, independent of how the run was split into restarts (bit-for-bit resume).
     rng = jax.random.fold_in(rng, state.step)
     args = (state.batch_stats, batch, rng, state.step)
+    step_loss_fn = functools.partial(loss_fn, queue=state.queue)
     if log_grad_share:
-      grads, metrics, batch_stats = _gradients_with_penalty_share(loss_fn, state.params, args,
+      grads, metrics, batch_stats = _gradients_with_penalty_share(step_loss_fn, state.params, args,
                                                                   config.invariance.weight)
     else:
-      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+      grad_fn = jax.value_and_grad(step_loss_fn, has_aux=True)
       (_, (metrics, batch_stats)), grads = grad_fn(state.params, *args)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # The support queue (docs/method.md §17.3) takes this batch's embeddings after the lookup.
+    metrics = dict(metrics)
+    enqueue = metrics.pop(objective.ENQUEUE, None)
+    queue = state.queue if enqueue is None else support_queue.push(state.queue, enqueue)
 
     grad_norm = optax.tree.norm(grads)
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                           opt_state=opt_state)
+                           opt_state=opt_state, queue=queue)
     flags = _nonfinite_flags(batch, metrics, grad_norm, new_state)
     ok = ~functools.reduce(jnp.logical_or, flags.values())
     # Keep the last good state: the loop stops on the flag, and no checkpoint sees a bad update.
@@ -80,7 +86,7 @@ def _nonfinite_flags(batch, metrics, grad_norm, new_state: TrainState) -> dict:
   flags = {"data": ~_all_finite(batch)}
   flags.update({t: ~jnp.isfinite(metrics[t]) for t in CHECKED_TERMS if t in metrics})
   flags["gradient"] = ~jnp.isfinite(grad_norm)
-  for part in ("params", "opt_state", "batch_stats"):
+  for part in ("params", "opt_state", "batch_stats", "queue"):
     flags[part] = ~_all_finite(getattr(new_state, part))
   return flags
 

@@ -12,8 +12,10 @@ import ml_collections
 
 from mclr_jax.data.datasets import DATASETS as IMAGE_DATASETS
 from mclr_jax.errors import UserFacingError
+from mclr_jax.models.heads import DIRECT_DIM
 from mclr_jax.models.heads import HEAD_KINDS as PROJECTIONS
 from mclr_jax.models.resnet import ARCHITECTURES
+from mclr_jax.train.feature_views import FEATURE_AUGMENTATIONS
 from mclr_jax.train.optimizer import OPTIMIZERS, SCHEDULES
 
 DATASETS = tuple(IMAGE_DATASETS) + ("spirograph",)
@@ -183,6 +185,37 @@ def _validate_model_and_loss(config):
     _positive(f"loss.{key}", lc[key], allow_zero=True)
   if lc.kl_warmup == "exponential":
     _positive("loss.kl_warmup_steps", lc.kl_warmup_steps, integer=True)
+  if m.projection == "direct":
+    from mclr_jax.train.objective import feature_dim  # pylint: disable=g-import-not-at-top
+    if feature_dim(config) < DIRECT_DIM:
+      raise ConfigError(f"config.model.projection='direct' keeps the first {DIRECT_DIM} feature "
+                        f"dimensions but model.width={m.width} gives {feature_dim(config)}; "
+                        f"raise --config.model.width")
+  _validate_variants(config)
+
+
+def _validate_variants(config):
+  """The keys of docs/method.md §17: nearest-neighbour positives and feature-space views."""
+  lc = config.loss
+  queue_size = lc.get("nn_queue_size", 0)
+  _number("loss.nn_queue_size", queue_size, 0, integer=True)
+  if queue_size > 0:
+    if lc.contrastive != "cosine":
+      raise ConfigError(f"config.loss.nn_queue_size={queue_size} (nearest-neighbour positives) "
+                        f"needs config.loss.contrastive='cosine', got {lc.contrastive!r}; set "
+                        f"--config.loss.nn_queue_size=0 or --config.loss.contrastive=cosine")
+    if queue_size < config.batch_size:
+      raise ConfigError(f"config.loss.nn_queue_size={queue_size} must hold at least one batch "
+                        f"(config.batch_size={config.batch_size}); set "
+                        f"--config.loss.nn_queue_size={config.batch_size} or more")
+  feature_aug = lc.get("feature_aug", "none")
+  _choice("loss.feature_aug", feature_aug, FEATURE_AUGMENTATIONS)
+  if feature_aug != "none":
+    if config.method != "simclr":
+      raise ConfigError(f"config.loss.feature_aug={feature_aug!r} is a SimCLR baseline; with "
+                        f"method={config.method!r} the transport is the feature view: set "
+                        f"--config.loss.feature_aug=none or --config.method=simclr")
+    _positive("loss.feature_aug_strength", lc.feature_aug_strength, allow_zero=True)
 
 
 def _validate_optim(o):
@@ -250,7 +283,19 @@ def _validate_manifold(config):
   _choice("manifold.init", m.init, OPERATOR_INITS)
   _positive("manifold.dictionary_size", m.dictionary_size, integer=True)
   _positive("manifold.block_dim", m.block_dim, integer=True)
-  if dim % m.block_dim:
+  direct = m.get("direct", False)
+  _bool("manifold.direct", direct)
+  if direct:  # ManifoldDirectCLR (docs/method.md §2.5): one block on the first block_dim dims
+    if m.block_dim > dim:
+      raise ConfigError(f"config.manifold.block_dim={m.block_dim} exceeds the feature dimension "
+                        f"{dim} (model.width={config.model.width}); ManifoldDirectCLR transports "
+                        f"the first block_dim dims: lower it or raise --config.model.width")
+    if config.model.projection == "direct" and m.block_dim != DIRECT_DIM:
+      raise ConfigError(f"config.manifold.block_dim={m.block_dim} must equal the {DIRECT_DIM} "
+                        f"dims of model.projection='direct' with manifold.direct=True (the "
+                        f"embedding is the transported block); set "
+                        f"--config.manifold.block_dim={DIRECT_DIM}")
+  elif dim % m.block_dim:
     raise ConfigError(f"config.manifold.block_dim={m.block_dim} does not divide the feature "
                       f"dimension {dim} ({config.model.get('arch', 'resnet18')}, "
                       f"model.width={config.model.width}); choose a divisor of {dim}")

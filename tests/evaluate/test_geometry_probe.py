@@ -55,6 +55,7 @@ def test_exact_spirograph_tangents_are_each_rows_own_jacobian(spiro_model):
     np.testing.assert_allclose(u_data[i], d_theta, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow  # image encoders and their Jacobians at 32 px
 def test_image_probe_invariance_ratio_is_zero_for_identity_views():
   """Crops of the whole image without flip, jitter or grayscale change nothing: IR = 0 for h, z
   and z/|z| (an IR taken over inputs instead of views would be large)."""
@@ -100,6 +101,7 @@ def test_tabulate_rows():
   assert lines[3].split() == ["b", "118", "9.5", "0.125"]
 
 
+@pytest.mark.slow  # trains two runs through the sweep script
 def test_sweep_main_over_two_runs(tmp_path, capsys):
   """Two runs with the same parameters, probed at strength 0 (every nuisance range one point, so
   all views are the same image) and 1: invariance ratio 0 exactly at s = 0 and not at s = 1, and

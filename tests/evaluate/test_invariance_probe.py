@@ -132,6 +132,7 @@ def random_image_model(fast_cpu_compiles):
   return model_lib.random_model(config)
 
 
+@pytest.mark.slow  # the whole suite on a random ResNet; the L-BFGS fit is checked in the default tier
 def test_suite_reports_the_three_input_modes_on_half_the_labels(random_image_model, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from mclr_jax.evaluate import suite as suite_lib  # pylint: disable=g-import-not-at-top

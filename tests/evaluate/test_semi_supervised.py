@@ -148,3 +148,46 @@ def test_labelled_batches_are_drawn_without_replacement():
 def test_transport_without_callable_is_rejected():
   with pytest.raises(ValueError, match="augment_fn"):
     semi_supervised.run_semi_supervised([0], *TRAIN, *TEST, NUM_CLASSES, augmentation="transport")
+
+
+def _featmatch_float64(params, x, prototypes, num_heads=4):
+  """FeatMatch's attention refinement (docs/method.md §17.5) in float64 numpy, no dropout."""
+  p = {k: {n: np.asarray(v, np.float64) for n, v in layer.items()}
+       for k, layer in params["params"].items()}
+  lin = lambda name, v: v @ p[name]["kernel"] + p[name]["bias"]
+  x, prototypes = np.asarray(x, np.float64), np.asarray(prototypes, np.float64)
+  width = x.shape[1] // num_heads
+  heads = []
+  for h in range(num_heads):
+    e_x, e_p = lin(f"embed_{h}", x), lin(f"embed_{h}", prototypes)
+    a = _softmax(e_x @ e_p.T / np.sqrt(width))
+    heads.append(np.maximum(lin(f"mix_{h}", np.concatenate([a @ e_p, e_x], axis=1)), 0))
+  return np.maximum(x + lin("output", np.concatenate(heads, axis=1)), 0)
+
+
+def test_featmatch_attention_against_float64_reference():
+  """Four heads of scaled dot-product attention from the features to the prototypes, each head's
+  attended prototypes and own embedding mixed, then a residual and ReLU; with a dropout key the
+  attention weights are dropped and rescaled, so the output changes but keeps its shape."""
+  rng = np.random.default_rng(5)
+  x, prototypes = rng.standard_normal((7, 8)), rng.standard_normal((5, 8))
+  module = semi_supervised.FeatMatchAttention()
+  params = module.init(jax.random.key(0), x[:1], prototypes)
+  out = module.apply(params, jnp.asarray(x, jnp.float32), jnp.asarray(prototypes, jnp.float32))
+  np.testing.assert_allclose(np.asarray(out), _featmatch_float64(params, x, prototypes),
+                             rtol=1e-4, atol=1e-5)
+  dropped = module.apply(params, x, prototypes, dropout_key=jax.random.key(1))
+  assert dropped.shape == out.shape and not np.allclose(dropped, out)
+
+
+@pytest.mark.slow  # two more trial compiles: ~30 s on 2 busy cores
+def test_featmatch_keeps_separable_clusters_separated_and_needs_four_heads():
+  """The FeatMatch consistency (the attention module trained with the classifier) on 8-d
+  clusters: every trial is perfect; 6-d features cannot be split over 4 heads."""
+  train, test = _clusters(0, dim=8), _clusters(1, dim=8)
+  out = semi_supervised.run_semi_supervised(jax.random.PRNGKey(0), *train, *test, NUM_CLASSES,
+                                            num_trials=2, augmentation="featmatch", **SMALL)
+  np.testing.assert_array_equal(out["accuracies"], [1.0, 1.0])
+  with pytest.raises(ValueError, match="num_heads=4"):
+    semi_supervised.run_semi_supervised(jax.random.PRNGKey(0), *TRAIN, *TEST, NUM_CLASSES,
+                                        num_trials=1, augmentation="featmatch", **SMALL)

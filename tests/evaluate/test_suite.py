@@ -150,8 +150,8 @@ def test_semi_supervised_learns_colours_from_five_labels(image_model, image_data
                                semi_supervised_hidden=16)
   results = suite.run_suite(image_model, ["semi_supervised"], jax.random.key(0), str(tmp_path),
                             data=image_data, options=options)["semi_supervised"]
-  assert set(results) == {"transport", "mixup", "none", "supervised", "figure"}
-  for method in ("transport", "mixup", "none", "supervised"):
+  assert set(results) == {"transport", "mixup", "none", "featmatch", "supervised", "figure"}
+  for method in ("transport", "mixup", "none", "featmatch", "supervised"):
     assert results[method]["mean"] > 0.9, (method, results[method])  # chance is 1/3
   _assert_png(results["figure"])
 

@@ -98,8 +98,7 @@ def _fd_jacobian(fn, alpha, step=1e-6):
   """Full cross-sample Jacobian J[j, :, i, :] = ∂r_j/∂α_i (B, D, B, p) by central differences."""
   p = alpha.shape[-1]
   basis = jnp.eye(B * p).reshape(B * p, B, p)
-  plus = jax.jit(jax.vmap(lambda e: fn(alpha + step * e)))(basis)
-  minus = jax.jit(jax.vmap(lambda e: fn(alpha - step * e)))(basis)
+  plus, minus = jax.jit(jax.vmap(lambda e: (fn(alpha + step * e), fn(alpha - step * e))))(basis)
   jac = (np.asarray(plus) - np.asarray(minus)) / (2 * step)  # (B·p, B, D)
   return jac.reshape(B, p, B, D).transpose(2, 3, 0, 1)
 
@@ -124,6 +123,7 @@ def _estimator_moments(jac, displacement):
   return np.trace(m), 2 * (np.sum(m ** 2) - np.sum(np.diag(m) ** 2))
 
 
+@pytest.mark.slow  # 2000 probes: one large compile and run
 def test_penalty_mean_matches_brute_force_jacobian_through_batchnorm_and_renderer():
   """Over many probes, P̂ averages to mean_{l,i} Σ_j ‖J_ji Δ_{l,i}‖² from explicit Jacobians."""
   networks, params, batch_stats, theta = _setup()
@@ -163,11 +163,15 @@ def test_penalty_for_a_fixed_probe_matches_brute_force_including_batchnorm_coupl
   for i in range(B):
     diagonal_jac[i, :, i, :] = jac[i, :, i, :]
   m_per_sample = _probe_matrix(diagonal_jac, displacement)
-  for seed in range(3):
-    eps = np.where(np.random.default_rng(seed).random((B, D)) < 0.5, -1.0, 1.0)
-    monkeypatch.setattr(gp, "sample_rademacher", lambda key, shape, dtype: jnp.asarray(eps, dtype))
-    got = float(gp.gradient_penalty(features_fn, alpha, alpha_prime, jax.random.key(0),
-                                    clip=jnp.inf)[0])
+  probes = np.where(np.random.default_rng(0).random((3, B, D)) < 0.5, -1.0, 1.0)
+
+  def with_probe(eps):
+    # The probe is the traced argument: one compile for all three.
+    monkeypatch.setattr(gp, "sample_rademacher", lambda key, shape, dtype: eps.astype(dtype))
+    return gp.gradient_penalty(features_fn, alpha, alpha_prime, jax.random.key(0), clip=jnp.inf)[0]
+
+  penalties = np.asarray(jax.jit(jax.vmap(with_probe))(jnp.asarray(probes)))
+  for eps, got in zip(probes, penalties):
     flat = eps.ravel()
     np.testing.assert_allclose(got, flat @ m @ flat, rtol=1e-6)  # finite differences: ~1e-9
     # Dropping the coupling (per-sample Jacobians only) would be caught.
@@ -262,6 +266,7 @@ def _step_outputs(config, networks, params, batch_stats, theta, shapes_only=Fals
   return jax.eval_shape(fn, *args) if shapes_only else jax.jit(fn)(*args)
 
 
+@pytest.mark.slow  # two train steps and two second-order gradients compiled
 def test_penalty_gradient_share_metric():
   """docs/method.md §11.6: share = ‖∇λP‖ / (‖∇(loss − λP)‖ + ‖∇λP‖), and logging it leaves the
   update unchanged."""

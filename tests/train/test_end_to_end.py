@@ -18,7 +18,8 @@ from tests.tiny import read_metrics, tiny_image_config, tiny_spirograph_config
 
 
 @pytest.mark.parametrize("name,method,num_examples", [
-    ("cifar10", "manifoldclr", 16),  # one fixed batch of 32 px images
+    # one fixed batch of 32 px images (tests/data/test_tfds_input.py reads mock splits by default)
+    pytest.param("cifar10", "manifoldclr", 16, marks=pytest.mark.slow),
     # train + unlabelled = 16 images of 96 px, cropped to 64 px
     pytest.param("stl10", "simclr", 8, marks=pytest.mark.slow),
 ])
@@ -36,6 +37,7 @@ def test_train_on_mock_data_lowers_the_loss(tmp_path, fast_compiles, name, metho
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(config.num_train_steps)))
 
 
+@pytest.mark.slow  # a training run; the default tier keeps the loss-term NaN stop below
 def test_nan_data_stops_naming_the_step_and_the_data(tmp_path, monkeypatch, fast_compiles):
   bad_step = 2
   config = tiny_spirograph_config(num_train_steps=4)
@@ -100,6 +102,7 @@ def _assert_latest_checkpoint_is_finite(workdir, config, expected_step):
                                                                        np.inexact))
 
 
+@pytest.mark.slow  # two training runs; tests/train/test_checkpoint.py covers the corrupt step itself
 def test_corrupt_checkpoint_is_refused_and_kept_when_strict(tmp_path, fast_compiles):
   """config.strict_checkpoints: a checkpoint that does not restore stops the run and stays as it
   is. (By default it is moved aside instead: tests/train/test_checkpoint.py, and

@@ -64,6 +64,7 @@ def test_loop_never_waits_for_the_device_between_boundaries(tmp_path, slow_devic
     assert all(f < 0.2 for f in fractions), fractions
 
 
+@pytest.mark.slow  # the control of the instrument, a second slowed-down run
 def test_a_loop_reading_each_step_is_caught(tmp_path, slow_device_steps, monkeypatch,
                                             fast_compiles):
   """The control: the same loop made to read each step's non-finite flag (as it once did) spends
@@ -87,4 +88,7 @@ def test_a_loop_reading_each_step_is_caught(tmp_path, slow_device_steps, monkeyp
     return
   loop.train_and_evaluate(_config(), str(tmp_path))
   fractions = _dispatch_fraction(str(tmp_path))
-  assert all(f > 0.5 for f in fractions), fractions
+  # The instrument discriminates at the threshold the test above uses: this loop fails it in every
+  # window (in steady state it spends about the whole step on the host: 0.4–1.0 measured on a
+  # loaded 2-core machine, the first window lowest since it also holds the compiled step's warm-up).
+  assert all(f > 0.2 for f in fractions), fractions

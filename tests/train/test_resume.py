@@ -35,6 +35,7 @@ def _assert_trees_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
 
+@pytest.mark.slow  # two training runs and a restart; the reliability tier also kills and resumes
 def test_sigterm_then_rerun_matches_uninterrupted_run(tmp_path, monkeypatch, fast_compiles):
   """Stopped after step 3 of 6 with a log row every 2 steps: the checkpoint holds the half-filled
   window of step 3, so the resumed run's row at step 4 averages steps 3 and 4 like the

@@ -53,6 +53,7 @@ def test_short_training_beats_random_encoder(tmp_path):
   assert trained["mse_mean"] < random["mse_mean"], (trained, random)
 
 
+@pytest.mark.slow  # a second-order training run
 def test_gradient_penalty_run_logs_a_clipped_penalty(tmp_path):
   """docs/method.md §11: λ = 0.01, U = 1000; the logged P is finite and in [0, U]."""
   config = _small_config("gp", steps=2)
