@@ -45,11 +45,16 @@ _CONFIG_SUGGESTION = re.compile(r'Did you mean "([^"]+)" instead of "([^"]+)"')
 
 class QuietLibraries(std_logging.Filter):
   """Drops INFO records of noisy libraries (orbax); their warnings and errors, and everything of
-  mclr_jax's own, pass, except the tracebacks that orbax's writer threads log for a full disk:
-  the program reports that once, as its one-line error."""
+  mclr_jax's own, pass, except the tracebacks that orbax's writer threads log for a full disk
+  and those of a damaged checkpoint's abandoned reads: the program reports each failure once, in
+  one line."""
 
   def filter(self, record):
     if record.exc_info and disk_error_reason(record.exc_info[1]):
+      return False
+    if record.name == "asyncio" and record.exc_info and _raised_in_orbax(record.exc_info[2]):
+      # "Task exception was never retrieved": the other reads of a checkpoint that failed to
+      # restore, finishing after the failure was handled (moved aside, or refused in one line).
       return False
     # Standard-library levels: absl's own constants (logging.WARNING == -1) use another scale.
     if record.levelno >= std_logging.WARNING:
@@ -63,6 +68,15 @@ def _late_checkpoint_callback(e: BaseException) -> bool:
   the program then handles: moved aside, or refused in one line) or a failed save (a full disk).
   The failure itself has been reported by then; this is only its late echo."""
   return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
+def _raised_in_orbax(tb) -> bool:
+  """Whether a traceback passes through orbax's code."""
+  while tb is not None:
+    if "/orbax/" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
 
 
 def _quiet_disk_errors_in_threads():

@@ -34,6 +34,7 @@ def model(fast_cpu_compiles):
   return model_lib.random_model(config)
 
 
+@pytest.mark.slow  # renders and probes every shifted test set
 def test_unshifted_row_is_the_suite_probe_and_shifts_change_only_the_nuisance(model):
   base = spirograph_ranges(model.config.data)
   shifts = [("background+0", spirograph.widen_ranges(base, 0.0)),

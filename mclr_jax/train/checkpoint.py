@@ -8,9 +8,10 @@ Layout of a workdir:
   WORKDIR/checkpoints/<step>.corrupt-<t> a checkpoint that failed to restore, moved aside
   WORKDIR/metrics.jsonl                  logged scalars (see metrics.py)
 
-A step folder counts only once orbax has committed it: orbax writes `commit_success.txt` into the
-temporary folder and then renames it to `<step>`, so a folder without that file (an interrupted
-copy, an empty `checkpoints/50`) is ignored, and training moves it aside as `<step>.uncommitted-<t>`
+A step folder counts only once orbax has committed it. Orbax finishes a save by recording a commit
+time in the folder's `_CHECKPOINT_METADATA` (and, since 0.12, writing `commit_success.txt`) and then
+renaming the temporary folder to `<step>`, so a folder with neither (an interrupted copy, an empty
+`checkpoints/50`) is ignored, and training moves it aside as `<step>.uncommitted-<t>`
 before it could collide with a new save. On resume (`resume`) the newest committed checkpoint that
 restores is used: one that fails to restore is moved aside (renamed, never deleted) with a one-line
 warning, unless `config.strict_checkpoints`, which refuses instead. A checkpoint whose shapes do not
@@ -34,8 +35,11 @@ import orbax.checkpoint as ocp
 from mclr_jax.errors import UserFacingError, disk_error_reason
 from mclr_jax.train.state import TrainState
 
-# orbax's marker of a finished checkpoint (orbax.checkpoint._src.path.atomicity_types).
+# orbax's marker of a finished checkpoint (orbax.checkpoint._src.path.atomicity_types), written by
+# orbax >= 0.12 on every file system; older versions mark a local save only by the commit time in
+# the step's metadata file (both are read by `is_committed`).
 COMMIT_MARKER = "commit_success.txt"
+STEP_METADATA = "_CHECKPOINT_METADATA"
 # What a checkpoint holds: the TrainState, and the metrics accumulated since the last log step.
 ITEMS = ("state", "window")
 # Config keys whose change makes a run's checkpoints unusable (or another run): refused on resume.
@@ -78,10 +82,21 @@ def step_path(manager: ocp.CheckpointManager, step: int) -> str:
   return os.path.join(str(manager.directory), str(step))
 
 
+def is_committed(path: str) -> bool:
+  """Whether orbax finished writing the step folder `path`: it holds the commit marker, or (orbax
+  before 0.12, which writes no marker on a local disk) its metadata records a commit time."""
+  if os.path.exists(os.path.join(path, COMMIT_MARKER)):
+    return True
+  try:
+    with open(os.path.join(path, STEP_METADATA)) as f:
+      return json.load(f).get("commit_timestamp_nsecs") is not None
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
 def committed_steps(manager: ocp.CheckpointManager) -> list[int]:
-  """The steps whose folder orbax finished writing (has its commit marker), ascending."""
-  return sorted(s for s in manager.all_steps()
-                if os.path.exists(os.path.join(step_path(manager, s), COMMIT_MARKER)))
+  """The steps whose folder orbax finished writing (`is_committed`), ascending."""
+  return sorted(s for s in manager.all_steps() if is_committed(step_path(manager, s)))
 
 
 def set_aside_uncommitted(workdir: str) -> list[str]:
@@ -94,11 +109,10 @@ def set_aside_uncommitted(workdir: str) -> list[str]:
   moved = []
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
-    if name.isdigit() and os.path.isdir(path) and not os.path.exists(
-        os.path.join(path, COMMIT_MARKER)):
+    if name.isdigit() and os.path.isdir(path) and not is_committed(path):
       moved.append(_move_aside(path, "uncommitted"))
-      logging.warning("Ignoring %s: orbax never committed it (no %s); moved it to %s.", path,
-                      COMMIT_MARKER, moved[-1])
+      logging.warning("Ignoring %s: orbax never committed it (no %s, no commit time in %s); "
+                      "moved it to %s.", path, COMMIT_MARKER, STEP_METADATA, moved[-1])
   return moved
 
 

@@ -36,6 +36,7 @@ def spiro_model(fast_cpu_compiles):
   return model_lib.random_model(tiny_spirograph_config())
 
 
+@pytest.mark.slow  # full Jacobians of the renderer and encoder
 def test_exact_spirograph_tangents_are_each_rows_own_jacobian(spiro_model):
   """The probe takes all rows' Jacobian columns from one batched forward-mode pass (rows are
   independent in eval mode); the reference differentiates each row alone, in reverse mode."""

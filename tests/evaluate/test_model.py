@@ -68,6 +68,7 @@ def test_feature_average_of_identity_views_is_the_clean_feature():
                              atol=1e-4)
 
 
+@pytest.mark.slow  # renders and encodes several view sets
 def test_spirograph_views_render_the_content_with_the_configured_nuisance():
   """Nuisance ranges collapsed to points: every view is render(θ, α*), so single views, their
   average and a direct forward pass of the rendered images agree."""
@@ -142,6 +143,7 @@ def test_restore_names_what_is_missing(tmp_path):
     model_lib.restore_model(str(tmp_path), step=5)
 
 
+@pytest.mark.slow  # counts compiles over several evaluations; the image-count case stays in the default tier
 def test_new_spirograph_nuisance_ranges_reuse_the_compiled_program():
   """The ranges are arrays, not part of the program: a robustness sweep over 9 shifted ranges
   compiles the network once."""

@@ -69,6 +69,7 @@ def test_label_split_differs_across_seeds_and_is_class_balanced():
   assert set(np.asarray(splits[0][0]).tolist()) != set(np.asarray(splits[1][0]).tolist())
 
 
+@pytest.mark.slow  # every consistency method trains its trials; the float64 references below stay in the default tier
 def test_every_consistency_keeps_separable_clusters_separated():
   noise = lambda key, z: z + 0.05 * jax.random.normal(key, z.shape)
   for kwargs in (dict(augmentation="transport", augment_fn=noise), dict(augmentation="mixup"),

@@ -118,6 +118,7 @@ def image_model(fast_cpu_compiles):
   return model_lib.random_model(tiny_image_config("cifar10", "manifoldclr"))
 
 
+@pytest.mark.slow  # probe, kNN and clustering on a random ResNet over mock images
 def test_image_suites_read_the_labels_of_their_own_rows(image_model, image_data, tmp_path):
   """The label is the image's colour, which even a random encoder separates: probe, kNN and
   clustering are perfect. With the test labels shuffled against their images, every score falls
@@ -190,6 +191,7 @@ def _run_cli(*args):
                         env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a CLI process; the in-process main above checks the same table
 def test_cli_program_exits_zero_with_a_table(workdir):
   done = _run_cli(f"--workdir={workdir}", "--suite=probe")
   assert done.returncode == 0, done.stderr

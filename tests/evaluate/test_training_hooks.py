@@ -37,6 +37,7 @@ def periodic_run(tmp_path_factory, fast_compiles):
   return config, workdir, state, calls
 
 
+@pytest.mark.slow  # shares a training run with the two tests below
 def test_loop_evaluates_every_interval_and_at_the_end(periodic_run):
   _, workdir, _, calls = periodic_run
   assert [step for step, _ in calls] == [2, 4, 5]
@@ -48,6 +49,7 @@ def test_loop_evaluates_every_interval_and_at_the_end(periodic_run):
       assert record[name] == pytest.approx(value)
 
 
+@pytest.mark.slow  # shares the training run above
 def test_periodic_eval_is_the_suite_on_the_live_state(periodic_run):
   """The last periodic evaluation (step 5) is `run_suite` on the final state with the periodic
   key: the same numbers as any later evaluation of that state."""
@@ -75,6 +77,7 @@ def test_eval_interval(every_steps, every_epochs, steps_per_epoch, want):
   assert loop._eval_interval(config, steps_per_epoch) == want  # pylint: disable=protected-access
 
 
+@pytest.mark.slow  # shares the training run above
 def test_final_report_spirograph_table(periodic_run, capsys):
   """Trained and random encoder, single view and FA (M = 2): each row is the suite's probe of that
   encoder, with the same α draws for both encoders; the printed table shows every row."""

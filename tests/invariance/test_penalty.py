@@ -128,6 +128,7 @@ def test_second_order_gradient_matches_finite_differences():
   np.testing.assert_allclose(analytic, fd, rtol=1e-6)
 
 
+@pytest.mark.slow  # the default tier checks the renderer path against brute force in tests/invariance/test_penalty_in_training.py
 def test_penalty_through_spirograph_renderer():
   # The differentiable nuisance of Spirograph (§11.3): α goes straight into the renderer.
   params = spirograph.sample_params(jax.random.key(14), 2).astype(jnp.float64)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from mclr_jax.train import checkpoint
 from tests.reliability import harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -58,8 +59,8 @@ def test_kill9_at_random_moments_resumes_exactly(tmp_path, cache_dir, reference)
     harness.kill(process)
     kills.append((f"after row {target}", process.returncode))
   process = harness.start_cli(workdir, cache_dir=cache_dir)
-  last = os.path.join(workdir, "checkpoints", str(harness.TOTAL_STEPS), "commit_success.txt")
-  harness.wait_for(lambda: os.path.exists(last), process=process)
+  last = os.path.join(workdir, "checkpoints", str(harness.TOTAL_STEPS))
+  harness.wait_for(lambda: checkpoint.is_committed(last), process=process)
   time.sleep(0.5)
   harness.kill(process)
   kills.append(("during the final evaluation", process.returncode))

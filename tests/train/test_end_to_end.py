@@ -37,7 +37,7 @@ def test_train_on_mock_data_lowers_the_loss(tmp_path, fast_compiles, name, metho
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(config.num_train_steps)))
 
 
-@pytest.mark.slow  # a training run; the default tier keeps the loss-term NaN stop below
+@pytest.mark.slow  # a training run; tests/reliability/test_nan_injection.py injects NaNs elsewhere
 def test_nan_data_stops_naming_the_step_and_the_data(tmp_path, monkeypatch, fast_compiles):
   bad_step = 2
   config = tiny_spirograph_config(num_train_steps=4)
@@ -67,6 +67,7 @@ def test_nan_data_stops_naming_the_step_and_the_data(tmp_path, monkeypatch, fast
   _assert_latest_checkpoint_is_finite(workdir, config, bad_step)
 
 
+@pytest.mark.slow  # a training run; tests/train/test_metrics.py checks the on-device non-finite flags
 def test_nonfinite_loss_term_found_between_boundaries_is_named_and_never_saved(
     tmp_path, monkeypatch, fast_compiles):
   """A NaN contrastive loss at step 2 of a window of 4: the stop at the boundary (step 4) names

@@ -52,6 +52,7 @@ def _dispatch_fraction(workdir) -> list[float]:
   return [r["dispatch_ms"] / r["step_ms"] for r in rows]
 
 
+@pytest.mark.slow  # a training run with slowed-down steps
 def test_loop_never_waits_for_the_device_between_boundaries(tmp_path, slow_device_steps,
                                                             fast_compiles):
   state = loop.train_and_evaluate(_config(), str(tmp_path))  # under "disallow" between boundaries

@@ -49,6 +49,7 @@ def _abstract_step(config, steps_per_epoch):
 
 @pytest.mark.parametrize("name,make_config,steps_per_epoch,dim", FULL_SIZE,
                          ids=[c[0] for c in FULL_SIZE])
+@pytest.mark.slow  # traces the full-size ResNet-50 step of each recipe
 def test_full_size_train_step_builds(name, make_config, steps_per_epoch, dim):
   config = make_config()
   validate_config(config)
