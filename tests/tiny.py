@@ -1,9 +1,12 @@
-"""Tiny configs and readers shared by the training tests (plain functions, importable from a
-subprocess as `tests.tiny`): seconds per step on a CPU, same code paths as the paper's sizes."""
+"""Tiny configs, readers and float64 references shared by the training tests (plain functions,
+importable from a subprocess as `tests.tiny`): seconds per step on a CPU, same code paths as the
+paper's sizes."""
 
 import importlib
 import json
 import os
+
+import numpy as np
 
 from configs import spirograph
 
@@ -57,3 +60,60 @@ def read_metrics(workdir, kind="train"):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   return [r for r in records if r["kind"] == kind]
+
+
+def spirograph_objective_inputs(config, batch_size, seed=0):
+  """(networks, params, batch_stats, batch) for calling `objective.compute_loss` directly on
+  `batch_size` Spirograph draws (their content θ; the views are rendered inside the objective)."""
+  import jax  # pylint: disable=g-import-not-at-top  (kept out of the subprocess-light imports)
+  from mclr_jax.data import spirograph as spirograph_data  # pylint: disable=g-import-not-at-top
+  from mclr_jax.train import objective  # pylint: disable=g-import-not-at-top
+  networks = objective.build_networks(config)
+  params, batch_stats = objective.init_variables(networks, config, jax.random.key(seed))
+  theta, _ = spirograph_data.split_params(
+      spirograph_data.sample_params(jax.random.key(seed + 1), batch_size),
+      tuple(config.data.content))
+  return networks, params, batch_stats, {"theta": theta}
+
+
+def nt_xent_float64(a, b, tau):
+  """NT-Xent over the 2B rows of [a; b] (normalised here), positives (i, i + B); float64 numpy."""
+  u = np.concatenate([a, b]).astype(np.float64)
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  n = len(a)
+  logits = u @ u.T / tau
+  np.fill_diagonal(logits, -np.inf)
+  positives = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+  return -np.mean(logits[np.arange(2 * n), positives] - np.log(np.sum(np.exp(logits), axis=1)))
+
+
+def truncate_checkpoint_state(step_dir):
+  """Truncates every array and index file of a checkpoint's state to a third (a torn copy)."""
+  for d, _, fs in os.walk(os.path.join(step_dir, "state")):
+    for f in fs:
+      path = os.path.join(d, f)
+      if f != "_METADATA" and os.path.getsize(path) > 1:
+        with open(path, "r+b") as handle:
+          handle.truncate(os.path.getsize(path) // 3)
+
+
+def sigterm_at(monkeypatch, stop_step):
+  """Sends this process a real SIGTERM when the training loop asks whether to stop after
+  `stop_step` updates, as a cluster scheduler's preemption would."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from mclr_jax.train import loop  # pylint: disable=g-import-not-at-top
+  reached = loop._Preemption.reached  # pylint: disable=protected-access
+
+  def signal_then_check(self, step):
+    if step == stop_step:
+      os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
+    return reached(self, step)
+
+  monkeypatch.setattr(loop._Preemption, "reached", signal_then_check)  # pylint: disable=W0212
+
+
+def fake_committed_checkpoint(workdir):
+  """A step folder with orbax's commit marker: enough for the config lock, which reads no arrays."""
+  from mclr_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.join(workdir, "checkpoints", "1"))
+  open(os.path.join(workdir, "checkpoints", "1", checkpoint.COMMIT_MARKER), "w").close()

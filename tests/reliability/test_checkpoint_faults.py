@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from tests.reliability import harness
+from tests.tiny import truncate_checkpoint_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -17,15 +18,6 @@ def _copy_of(reference, tmp_path):
   shutil.copytree(reference["workdir"], workdir)
   os.remove(os.path.join(workdir, "results.json"))
   return workdir
-
-
-def _corrupt(step_dir):
-  for d, _, fs in os.walk(os.path.join(step_dir, "state")):
-    for f in fs:
-      path = os.path.join(d, f)
-      if f != "_METADATA" and os.path.getsize(path) > 1:
-        with open(path, "r+b") as handle:
-          handle.truncate(os.path.getsize(path) // 3)
 
 
 def _tree(path):
@@ -38,7 +30,7 @@ def test_corrupt_latest_and_uncommitted_folders_are_set_aside_and_the_run_recove
   workdir = _copy_of(reference, tmp_path)
   checkpoints = os.path.join(workdir, "checkpoints")
   latest = os.path.join(checkpoints, str(harness.TOTAL_STEPS))
-  _corrupt(latest)
+  truncate_checkpoint_state(latest)
   corrupt_files = _tree(latest)
   os.makedirs(os.path.join(checkpoints, "50"))  # uncommitted: must not be taken as the latest
   done = harness.run_cli(workdir, cache_dir=cache_dir)
@@ -59,7 +51,7 @@ def test_corrupt_latest_and_uncommitted_folders_are_set_aside_and_the_run_recove
 def test_strict_checkpoints_refuse_a_corrupt_one_in_one_line(tmp_path, cache_dir, reference):
   workdir = _copy_of(reference, tmp_path)
   latest = os.path.join(workdir, "checkpoints", str(harness.TOTAL_STEPS))
-  _corrupt(latest)
+  truncate_checkpoint_state(latest)
   before = _tree(os.path.join(workdir, "checkpoints"))
   done = harness.run_cli(workdir, "--config.strict_checkpoints=True", cache_dir=cache_dir)
   assert done.returncode == 1

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mclr_jax.train import checkpoint
+from tests.tiny import truncate_checkpoint_state
 
 WINDOW = {"count": jnp.zeros((), jnp.int32)}
 
@@ -37,16 +38,6 @@ def _workdir_with_steps(tmp_path, steps=(1, 2)):
 def _files(path):
   return {os.path.relpath(os.path.join(d, f), path): os.path.getsize(os.path.join(d, f))
           for d, _, fs in os.walk(path) for f in fs}
-
-
-def _corrupt(step_dir):
-  """Truncates every array and index file of the checkpoint's state (as a torn copy would)."""
-  for d, _, fs in os.walk(os.path.join(step_dir, "state")):
-    for f in fs:
-      path = os.path.join(d, f)
-      if f != "_METADATA" and os.path.getsize(path) > 1:
-        with open(path, "r+b") as handle:
-          handle.truncate(os.path.getsize(path) // 3)
 
 
 def _resume(workdir, strict=False, abstract_state=None):
@@ -84,7 +75,7 @@ def test_uncommitted_step_folders_are_ignored_then_set_aside(tmp_path):
 def test_corrupt_latest_is_moved_aside_and_the_previous_one_restores(tmp_path, caplog):
   workdir = _workdir_with_steps(tmp_path)
   latest = os.path.join(workdir, "checkpoints", "2")
-  _corrupt(latest)
+  truncate_checkpoint_state(latest)
   before = _files(latest)
   with caplog.at_level(logging.WARNING):
     state, window = _resume(workdir)
@@ -103,7 +94,7 @@ def test_corrupt_latest_is_moved_aside_and_the_previous_one_restores(tmp_path, c
 def test_strict_refuses_a_corrupt_checkpoint_in_one_line_and_moves_nothing(tmp_path, capfd):
   workdir = _workdir_with_steps(tmp_path)
   latest = os.path.join(workdir, "checkpoints", "2")
-  _corrupt(latest)
+  truncate_checkpoint_state(latest)
   before = _files(os.path.join(workdir, "checkpoints"))
   with pytest.raises(checkpoint.CheckpointError) as info:
     _resume(workdir, strict=True)

@@ -14,10 +14,10 @@ import pytest
 from configs import spirograph as spirograph_config
 from mclr_jax import losses
 from mclr_jax import manifold
-from mclr_jax.data import spirograph
 from mclr_jax.invariance import penalty as invariance_penalty
 from mclr_jax.train import objective
 from mclr_jax.train import views as views_lib
+from tests.tiny import nt_xent_float64, spirograph_objective_inputs
 
 BATCH = 8
 
@@ -40,17 +40,9 @@ def _tiny_config(variant):
   return config
 
 
-def _setup(config, seed=0):
-  networks = objective.build_networks(config)
-  params, batch_stats = objective.init_variables(networks, config, jax.random.key(seed))
-  theta, _ = spirograph.split_params(spirograph.sample_params(jax.random.key(seed + 1), BATCH),
-                                     tuple(config.data.content))
-  return networks, params, batch_stats, {"theta": theta}
-
-
 def _term_gradients(config, names):
   """{term: d term / d params} for the terms compute_loss reports, in one jitted jacrev."""
-  networks, params, batch_stats, batch = _setup(config)
+  networks, params, batch_stats, batch = spirograph_objective_inputs(config, BATCH)
   rng = jax.random.key(7)
   # After the prior's warm-up (docs/method.md §3.2: before it p is the fixed Laplace prior and
   # has no gradient at all), so that a zero gradient into p means a stop-gradient.
@@ -125,22 +117,10 @@ def test_contrastive_term_trains_prior_through_augmentation(manifold_grads):
   assert _is_zero(g["coeff_encoder"])
 
 
-def _nt_xent_float64(a, b, tau):
-  """NT-Xent over the 2B rows of [a; b] (unit vectors), positives (i, i + B); float64 numpy."""
-  u = np.concatenate([a, b]).astype(np.float64)
-  u /= np.linalg.norm(u, axis=1, keepdims=True)
-  n = len(a)
-  logits = u @ u.T / tau
-  np.fill_diagonal(logits, -np.inf)
-  positives = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
-  log_prob = logits[np.arange(2 * n), positives] - np.log(np.sum(np.exp(logits), axis=1))
-  return -np.mean(log_prob)
-
-
 def test_simclr_loss_is_nt_xent_of_projected_views():
   """§4.2: SimCLR = NT-Xent(ĝ(f(x0)), ĝ(f(x1))), views rebuilt with the objective's own key."""
   config = _tiny_config("cpu")
-  networks, params, batch_stats, batch = _setup(config)
+  networks, params, batch_stats, batch = spirograph_objective_inputs(config, BATCH)
   rng = jax.random.key(3)
   loss, (metrics, _) = objective.compute_loss(params, batch_stats, batch, rng, jnp.asarray(0),
                                               networks=networks, config=config)
@@ -154,7 +134,7 @@ def test_simclr_loss_is_nt_xent_of_projected_views():
   z0 = apply("backbone", views.view0_fn(views.alpha0))
   z1 = apply("backbone", views.x1)
   p = np.asarray(apply("projector", jnp.concatenate([z0, z1])))
-  expected = _nt_xent_float64(p[:BATCH], p[BATCH:], config.loss.temperature)
+  expected = nt_xent_float64(p[:BATCH], p[BATCH:], config.loss.temperature)
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["contrastive"]), expected, rtol=1e-5)
 
@@ -163,7 +143,7 @@ def test_penalty_loss_is_baseline_plus_weighted_hand_penalty():
   """docs/method.md §11: loss = SimCLR + λ·P, P = gradient_penalty(view 0) with the same keys."""
   config = _tiny_config("gp")
   config.invariance.num_alpha_samples = 4
-  networks, params, batch_stats, batch = _setup(config)
+  networks, params, batch_stats, batch = spirograph_objective_inputs(config, BATCH)
   rng, step = jax.random.key(5), jnp.asarray(0)
 
   def loss_fn(p, cfg):

@@ -3,7 +3,6 @@ ends (same state, same logged rows, each step logged once), and the config lock 
 
 import json
 import os
-import signal
 
 import jax
 import numpy as np
@@ -12,23 +11,10 @@ import pytest
 from mclr_jax.errors import Preempted
 from mclr_jax.train import checkpoint
 from mclr_jax.train import loop
-from tests.tiny import read_metrics, tiny_spirograph_config
+from tests.tiny import fake_committed_checkpoint, read_metrics, sigterm_at, tiny_spirograph_config
 
 # Keys of metrics.jsonl that depend on wall time, not on the computation.
 TIMING_KEYS = ("steps_per_sec", "images_per_sec", "eta_sec", "step_ms", "dispatch_ms")
-
-
-def sigterm_at(monkeypatch, stop_step):
-  """Sends this process a real SIGTERM when the loop asks whether to stop after `stop_step`
-  updates, as a cluster scheduler's preemption would."""
-  reached = loop._Preemption.reached
-
-  def signal_then_check(self, step):
-    if step == stop_step:
-      os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
-    return reached(self, step)
-
-  monkeypatch.setattr(loop._Preemption, "reached", signal_then_check)
 
 
 def _assert_trees_equal(a, b):
@@ -72,17 +58,11 @@ def test_sigterm_then_rerun_matches_uninterrupted_run(tmp_path, monkeypatch, fas
   assert any(jax.tree.leaves(moved))
 
 
-def _fake_committed_checkpoint(workdir):
-  """A step folder with orbax's commit marker: enough for the config lock, which reads no arrays."""
-  os.makedirs(os.path.join(workdir, "checkpoints", "1"))
-  open(os.path.join(workdir, "checkpoints", "1", checkpoint.COMMIT_MARKER), "w").close()
-
-
 def test_resume_with_changed_model_config_is_refused_naming_each_key(tmp_path):
   workdir = str(tmp_path)
   config = tiny_spirograph_config()
   checkpoint.write_config(workdir, config)
-  _fake_committed_checkpoint(workdir)
+  fake_committed_checkpoint(workdir)
   changed = tiny_spirograph_config()
   changed.model.width, changed.model.proj_output_dim = 8, 4
   changed.optim.lr = 1e-4  # not locked: a resume may change the learning rate

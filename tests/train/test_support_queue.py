@@ -14,6 +14,7 @@ from configs import spirograph as spirograph_config
 from mclr_jax import losses
 from mclr_jax.train import objective
 from mclr_jax.train import support_queue
+from tests.tiny import nt_xent_float64
 
 
 def _unit(rng, shape):
@@ -102,17 +103,6 @@ def test_a_batch_larger_than_the_queue_is_refused():
     support_queue.push(support_queue.empty(4, 2), jnp.zeros((5, 2)))
 
 
-def _nt_xent_float64(a, b, tau):
-  """NT-Xent over the 2B rows of [a; b] (normalised here), positives (i, i + B); float64."""
-  u = np.concatenate([a, b]).astype(np.float64)
-  u /= np.linalg.norm(u, axis=1, keepdims=True)
-  n = len(a)
-  logits = u @ u.T / tau
-  np.fill_diagonal(logits, -np.inf)
-  positives = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
-  return -np.mean(logits[np.arange(2 * n), positives] - np.log(np.sum(np.exp(logits), axis=1)))
-
-
 def test_nnclr_loss_against_float64_reference():
   """§17.3: ½[NT-Xent(NN(â), b̂) + NT-Xent(NN(b̂), â)] with the nearest neighbours looked up in
   float64 by brute force; the raw embeddings need not be normalised."""
@@ -125,11 +115,11 @@ def test_nnclr_loss_against_float64_reference():
   got = objective._contrastive(jnp.asarray(a), jnp.asarray(b), None, config, queue)
   tau = config.loss.temperature
   unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)
-  want = 0.5 * (_nt_xent_float64(reference.nearest(unit(a)), b, tau)
-                + _nt_xent_float64(reference.nearest(unit(b)), a, tau))
+  want = 0.5 * (nt_xent_float64(reference.nearest(unit(a)), b, tau)
+                + nt_xent_float64(reference.nearest(unit(b)), a, tau))
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
   # Without a queue the same call is plain NT-Xent.
   plain = objective._contrastive(jnp.asarray(a), jnp.asarray(b), None, config)
-  np.testing.assert_allclose(float(plain), _nt_xent_float64(a, b, tau), rtol=1e-5)
+  np.testing.assert_allclose(float(plain), nt_xent_float64(a, b, tau), rtol=1e-5)
   unit_a, unit_b = losses.l2_normalize(jnp.asarray(a)), losses.l2_normalize(jnp.asarray(b))
   chex.assert_trees_all_close(plain, losses.nt_xent(unit_a, unit_b, tau))

@@ -18,7 +18,6 @@ from configs import base
 from configs import cifar10, stl10, tinyimagenet
 from configs import spirograph as spirograph_config
 from mclr_jax import manifold
-from mclr_jax.data import spirograph
 from mclr_jax.errors import Preempted
 from mclr_jax.train import checkpoint
 from mclr_jax.train import create
@@ -29,8 +28,8 @@ from mclr_jax.train import step as step_lib
 from mclr_jax.train import support_queue
 from mclr_jax.train import views as views_lib
 from mclr_jax.train.validate import ConfigError, validate_config
-from tests.tiny import read_metrics, tiny_spirograph_config
-from tests.train.test_resume import _fake_committed_checkpoint, sigterm_at
+from tests.tiny import fake_committed_checkpoint, read_metrics, sigterm_at
+from tests.tiny import spirograph_objective_inputs, tiny_spirograph_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -180,14 +179,6 @@ def _tiny(variant, width=4, block_dim=8):
   return config
 
 
-def _setup(config, seed=0):
-  networks = objective.build_networks(config)
-  params, batch_stats = objective.init_variables(networks, config, jax.random.key(seed))
-  theta, _ = spirograph.split_params(spirograph.sample_params(jax.random.key(seed + 1), BATCH),
-                                     tuple(config.data.content))
-  return networks, params, batch_stats, {"theta": theta}
-
-
 def _features(networks, params, batch_stats, batch, rng, config):
   """z0, z1 as compute_loss makes them: its view key (the first of six) and per-view BN."""
   views = views_lib.make_views(jax.random.split(rng, 6)[0], batch, config)
@@ -204,7 +195,7 @@ def test_feature_view_baseline_loss_against_float64_reference(variant):
   config = _tiny(variant)
   config.method = "simclr"
   config.loss.feature_aug_strength = 0.7
-  networks, params, batch_stats, batch = _setup(config)
+  networks, params, batch_stats, batch = spirograph_objective_inputs(config, BATCH)
   rng = jax.random.key(4)
   # Eager: at width 4 dispatching the ops is cheaper than compiling them.
   loss, (metrics, _) = objective.compute_loss(params, batch_stats, batch, rng, jnp.asarray(0),
@@ -221,7 +212,7 @@ def direct_setup(fast_cpu_compiles):
   config = _tiny("direct", width=16, block_dim=64)  # 128-d features: Ψ covers the first 64
   config.method = "manifoldclr"
   validate_config(config)
-  return (config,) + _setup(config)
+  return (config,) + spirograph_objective_inputs(config, BATCH)
 
 
 def test_direct_variant_transports_and_reads_only_the_first_block(fast_cpu_compiles):
@@ -306,7 +297,7 @@ def test_train_step_looks_up_then_pushes_and_keeps_the_queue_out_of_the_optimise
       s.params, s.batch_stats, b, r, s.step, networks=networks, config=config, queue=s.queue))
   rng = jax.random.key(9)
   for i in range(4):
-    batch = _setup(config, seed=10 + i)[3]
+    batch = spirograph_objective_inputs(config, BATCH, seed=10 + i)[3]
     loss, (metrics, _) = loss_fn(state, batch, jax.random.fold_in(rng, state.step))
     new, step_metrics = train_step(state, batch, rng)
     np.testing.assert_allclose(float(step_metrics["loss"]), float(loss), rtol=1e-6)
@@ -366,7 +357,7 @@ def test_resume_with_another_queue_size_is_refused_naming_the_key(tmp_path):
   config = tiny_spirograph_config()
   config.loss.nn_queue_size = 24
   checkpoint.write_config(workdir, config)
-  _fake_committed_checkpoint(workdir)
+  fake_committed_checkpoint(workdir)
   config.loss.nn_queue_size = 32
   with pytest.raises(checkpoint.CheckpointError,
                      match=r"config.loss.nn_queue_size: 24 in the run, 32 given"):
