@@ -238,7 +238,16 @@ def _quiet_orbax_failures():
 
 def _check_fits(manager, step: int, abstract_state):
   """Raises CheckpointError if checkpoint `step` holds arrays of other shapes than `abstract_state`
-  (another config); silent when its metadata cannot be read (the restore then reports damage)."""
+  (another config), or items of another layout than `ITEMS` (an earlier version of mclr_jax
+  saved one item, "default"); silent when its metadata cannot be read (the restore then reports
+  damage)."""
+  path = step_path(manager, step)
+  items = sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)))
+  if items and "state" not in items:
+    raise CheckpointError(
+        f"Checkpoint at step {step} ({path}) holds the items {items}, a layout of an earlier "
+        f"mclr_jax, not {list(ITEMS)}; this version cannot resume it. Train in a new --workdir "
+        f"(nothing was moved).")
   try:
     with _quiet_orbax_failures():
       stored = manager.item_metadata(step)["state"]

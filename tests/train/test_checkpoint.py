@@ -10,6 +10,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from mclr_jax.train import checkpoint
@@ -47,6 +48,28 @@ def _resume(workdir, strict=False, abstract_state=None):
                              strict=strict)
   finally:
     manager.close()
+
+
+def test_a_checkpoint_of_an_earlier_layout_is_refused_in_one_line_and_kept(tmp_path):
+  """A workdir saved as one orbax item ("default", as mclr_jax once did) is neither moved aside
+  as damage nor resumed: one line names the step, the layout and the fix, for `resume` and for
+  `restore_latest` (evaluation)."""
+  workdir = str(tmp_path / "run")
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                             options=ocp.CheckpointManagerOptions(create=True)) as old:
+    old.save(4, args=ocp.args.StandardSave(_state(4)))
+    old.wait_until_finished()
+  before = _files(os.path.join(workdir, "checkpoints"))
+  for strict in (False, True):
+    with pytest.raises(checkpoint.CheckpointError) as info:
+      _resume(workdir, strict=strict)
+    message = str(info.value)
+    assert "\n" not in message and "'default'" in message and "new --workdir" in message, message
+  manager = checkpoint.make_manager(workdir, keep=5, async_save=False)
+  with pytest.raises(checkpoint.CheckpointError, match="earlier mclr_jax"):
+    checkpoint.restore_latest(manager, _abstract(_state(0)))
+  manager.close()
+  assert _files(os.path.join(workdir, "checkpoints")) == before
 
 
 def test_uncommitted_step_folders_are_ignored_then_set_aside(tmp_path):
