@@ -21,6 +21,7 @@ The exit codes are listed in `mclr_jax/errors.py`.
 
 import errno
 import logging as std_logging
+import os
 import re
 import sys
 import threading
@@ -155,8 +156,17 @@ def loaded_config(config_flag):
                          f"give an existing file, e.g. --{config_flag.name}=configs/spirograph.py")
 
 
-def _exit_with(label: str, message: str, code: int):
+def _exit_with(label: str, message: str, code: int, at_once: bool = False):
   print(f"{label}: {message}", file=sys.stderr, flush=True)
+  if at_once:
+    # After a failure inside the program (`_call_with_one_line_errors`): the program has closed
+    # or abandoned its checkpoint saves, so what is on disk is final. Threads of orbax/TensorStore
+    # still blocked on a failed write (a full disk) can abort the interpreter's shutdown (C++
+    # "exception not rethrown", exit 134) after the one line was printed; ending the process here
+    # keeps the documented exit code.
+    logging.flush()
+    sys.stdout.flush()
+    os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 
 
@@ -195,15 +205,15 @@ def _call_with_one_line_errors(fn: Callable[[], object], argv):
   except UserFacingError as e:
     if _verbose(argv):
       raise
-    _exit_with(e.label, str(e), e.exit_code)
+    _exit_with(e.label, str(e), e.exit_code, at_once=True)
   except OSError as e:
     if _verbose(argv):
       raise
-    _exit_with("error", describe_os_error(e), 1)
+    _exit_with("error", describe_os_error(e), 1, at_once=True)
   except app.UsageError as e:
     if _verbose(argv):
       raise
-    _exit_with("error", str(e), USAGE_EXIT_CODE)
+    _exit_with("error", str(e), USAGE_EXIT_CODE, at_once=True)
 
 
 def run(main: Callable, argv: Optional[list] = None, define_flags: Optional[Callable] = None,
