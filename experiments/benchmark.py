@@ -21,6 +21,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -37,12 +38,18 @@ _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(_REPO_ROOT))
 
+from mclr_jax import cli  # noqa: E402
 from mclr_jax import manifold  # noqa: E402
 from mclr_jax.data.datasets import get_dataset_info  # noqa: E402
 from mclr_jax.data.tfds_input import TrainIterator  # noqa: E402  (no TensorFlow needed)
 from mclr_jax.train import create  # noqa: E402
 from mclr_jax.train import objective  # noqa: E402
 from mclr_jax.train.step import make_train_step  # noqa: E402
+from mclr_jax.errors import UserFacingError  # noqa: E402
+
+
+class BenchmarkError(UserFacingError, ValueError):
+  """A request the benchmark cannot serve; the message names the flag and what to pass."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +114,8 @@ def apply_overrides(config, overrides) -> None:
   for item in overrides:
     key, sep, text = item.partition("=")
     if not sep:
-      raise ValueError(f"--set expects KEY=VALUE, e.g. --set=manifold.best_of_j_dtype=bfloat16; "
-                       f"got {item!r}")
+      raise BenchmarkError(f"--set expects KEY=VALUE, e.g. "
+                           f"--set=manifold.best_of_j_dtype=bfloat16; got {item!r}")
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -116,9 +123,10 @@ def apply_overrides(config, overrides) -> None:
     *path, last = key.split(".")
     node = config
     for part in path:
-      node = node[part]
-    if last not in node:
-      raise ValueError(f"--set {item!r}: the config has no key {key!r}")
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is None or not hasattr(node, "keys") or last not in node:
+      raise BenchmarkError(f"--set {item!r}: the config has no key {key!r}; see configs/base.py "
+                           "for the keys.")
     node[last] = value
 
 
@@ -412,9 +420,12 @@ def parse_shapes(text: str) -> list:
   """"20x512x8,100x512x8" -> [(20, 512, 8), (100, 512, 8)] (J×B×K)."""
   shapes = []
   for part in text.split(","):
-    dims = tuple(int(d) for d in part.lower().split("x"))
+    try:
+      dims = tuple(int(d) for d in part.lower().split("x"))
+    except ValueError:
+      dims = ()
     if len(dims) != 3 or min(dims) < 1:
-      raise ValueError(f"--expm_shapes entry {part!r} must be JxBxK with positive ints, e.g. "
+      raise BenchmarkError(f"--expm_shapes entry {part!r} must be JxBxK with positive ints, e.g. "
                        "20x512x8.")
     shapes.append(dims)
   return shapes
@@ -487,13 +498,13 @@ def run(args) -> list:
     methods = args.expm_methods.split(",")
     unknown = [m for m in methods if m not in EXPM_METHODS]
     if unknown:
-      raise ValueError(f"--expm_methods has unknown names {unknown}; choose from {EXPM_METHODS}.")
+      raise BenchmarkError(f"--expm_methods has unknown names {unknown}; choose from {EXPM_METHODS}.")
     return benchmark_expm(shapes, block, args.warmup, args.steps, methods,
                           emit=lambda rows: write_rows(args.out, rows))
   names = list(CASES) if args.case == "all" else args.case.split(",")
   unknown = [n for n in names if n not in CASES]
   if unknown:
-    raise ValueError(f"--case has unknown names {unknown}; choose from {sorted(CASES)}, 'all' or "
+    raise BenchmarkError(f"--case has unknown names {unknown}; choose from {sorted(CASES)}, 'all' or "
                      "'expm'.")
   precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
   device_counts = [jax.device_count()]
@@ -521,8 +532,20 @@ def write_rows(path: str, rows: list) -> None:
   pathlib.Path(path).write_text(json.dumps(rows, indent=1))
 
 
+def check_out(path: str) -> None:
+  """Fails at once, not after the timing work, when the JSON file cannot be written."""
+  parent = pathlib.Path(path).resolve().parent
+  if not parent.is_dir():
+    raise BenchmarkError(f"--out={path}: the folder {parent} does not exist; create it or choose "
+                         "another path.")
+  if not os.access(parent, os.W_OK) or (pathlib.Path(path).exists()
+                                        and not os.access(path, os.W_OK)):
+    raise BenchmarkError(f"--out={path}: not writable; choose a path you can write.")
+
+
 def main(argv=None) -> list:
   args = parse_args(argv)
+  check_out(args.out)
   # XLA's optimisation passes dominate CPU compile time of the tiny step (~100 s per case on two
   # shared cores); the smoke run checks the plumbing, not the speed of optimised code.
   previous = jax.config.read("jax_disable_most_optimizations")
@@ -538,4 +561,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)

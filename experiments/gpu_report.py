@@ -687,4 +687,12 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  # Self-contained on purpose (no mclr_jax import in this parent process, so a broken install is
+  # reported by the smoke part instead of stopping the report): an OS error is one line here.
+  try:
+    sys.exit(main())
+  except OSError as e:
+    where = f" ({e.filename})" if e.filename else ""
+    print(f"error: {e.strerror or e}{where}; check that --out can be created and that the disk "
+          "has space.", file=sys.stderr)
+    sys.exit(1)

@@ -41,20 +41,32 @@ from mclr_jax import cli  # noqa: E402
 from mclr_jax.errors import UserFacingError  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
-# Cost model. Estimated milliseconds per step on one H100 at batch 512. No mclr_jax step has been
-# timed on a GPU yet (docs/performance.md), so these are the authors' PyTorch step times quoted
-# there (SimCLR 57 ms, ManifoldCLR `proj` 91 ms, `thresh` with J = 20 152 ms: STL-10's figure,
-# used for every `thresh` run), scaled where the network differs: a ResNet-50 train step on 32 px
-# costs 2.55× the FLOPs of a ResNet-18 one (XLA's cost analysis of both, forward + backward), and
-# the gradient penalty 2.5× its baseline (docs/method.md §11.5: 2–3×). Replace them with measured
-# numbers once benchmark.py has run on a GPU.
+# Cost model: milliseconds per step on one H100 at batch 512, bf16 (the GPU default). Three steps
+# were measured by experiments/gpu_report.py (docs/performance.md); the others are derived from
+# those measurements and the parts of the `thresh` step timed alone there:
+#   measured   SimCLR, CIFAR stem, 32 px                           16.05
+#   measured   ManifoldCLR `proj`, CIFAR stem, 32 px, M = 16       26.09
+#   measured   ManifoldCLR `thresh`, 64 px stem, M = 128, J = 20   50.35
+#   derived    SimCLR, 64 px stem: the backbone's forward + backward alone (19.10) + 1 for the
+#              loss and augmentation
+#   derived    `proj`, 64 px stem: the `thresh` step less its best-of-J selection (18.38)
+#   derived    `thresh`, CIFAR stem: the CIFAR SimCLR step + what ManifoldCLR adds at 64 px
+#              (50.35 − 20.1)
+#   derived    Spirograph: the CIFAR SimCLR step (32 px, CIFAR stem), rendering not included
+#   derived    ResNet-50: × 2.55, its train-step FLOPs over ResNet-18's on 32 px (XLA's count)
+#   derived    gradient penalty: × 2.5 (docs/method.md §11.5: 2–3×)
+# Replace the derived figures as gpu_report.py measures them.
 # --------------------------------------------------------------------------------------------
-STEP_MS = {
-    "simclr_resnet18": 57.0,
-    "manifoldclr_proj": 91.0,
-    "manifoldclr_thresh": 152.0,
-    "simclr_resnet50": 57.0 * 2.55,
+STEP_MS = {  # (method kind, stem) -> ms
+    ("simclr", "cifar"): 16.05,
+    ("proj", "cifar"): 26.09,
+    ("thresh", "imagenet64"): 50.35,
+    ("simclr", "imagenet64"): 19.10 + 1.0,
+    ("proj", "imagenet64"): 50.35 - 18.38,
+    ("thresh", "cifar"): 16.05 + (50.35 - 20.1),
 }
+MEASURED = {("simclr", "cifar"), ("proj", "cifar"), ("thresh", "imagenet64")}
+RESNET50_COST = 2.55
 PENALTY_COST = 2.5
 
 # Self-supervised training examples (docs/method.md §7; Spirograph: config.data.num_train).
@@ -141,7 +153,7 @@ GEOMETRY = ("Cosentino et al., Toward a Geometrical Understanding of Self-superv
 # docs/method.md §16: linear probe on the authors' released 1000-epoch checkpoints.
 NOTEBOOK = "authors' identity-preservation notebook (docs/method.md §16), not the paper's table"
 INVCLR_README = ("authors' code README (ae-foster/invclr, 'Feature averaging': best of 3 runs, "
-                 "M = 100), not the paper's table")
+                 "M = 100, all training labels where this row uses half), not the paper's table")
 
 IMAGE_SETS = ("cifar10", "stl10", "tinyimagenet")
 # The paper's reported ManifoldCLR-with-head variant per dataset (docs/method.md §5).
@@ -174,6 +186,7 @@ def manifoldclr_semi(seeds=None) -> Table:
   seeds = _seeds(seeds, (0,))
   cells = []
   for label, key in (("transport (learned prior)", "transport"), ("mixup", "mixup"),
+                     ("FeatMatch (learned feature augmentation)", "featmatch"),
                      ("pseudo-labels, no augmentation", "none"), ("supervised only", "supervised")):
     for d in IMAGE_SETS:
       cells.append(Cell(label, d, tuple(Run(d, HEAD_VARIANT[d], s) for s in seeds),
@@ -262,14 +275,32 @@ def full_steps(config) -> int:
   return int(config.num_epochs * (examples // config.batch_size))
 
 
-def step_ms(config) -> float:
-  """Estimated ms per step on one H100 (see STEP_MS)."""
+def _cost_key(config) -> tuple[str, str]:
   if config.method == "manifoldclr":
-    ms = STEP_MS["manifoldclr_thresh" if config.manifold.num_samples > 1 else "manifoldclr_proj"]
+    kind = "thresh" if config.manifold.num_samples > 1 else "proj"
   else:
-    ms = STEP_MS["simclr_resnet50" if config.model.get("arch", "resnet18") == "resnet50"
-                 else "simclr_resnet18"]
+    kind = "simclr"
+  stem = config.model.get("stem", "cifar")
+  return kind, ("imagenet64" if stem != "cifar" else "cifar")
+
+
+def step_ms(config) -> float:
+  """Estimated ms per step on one H100 in bf16 (see STEP_MS: measured or derived from it)."""
+  ms = STEP_MS[_cost_key(config)]
+  if config.model.get("arch", "resnet18") == "resnet50":
+    ms *= RESNET50_COST
   return ms * (PENALTY_COST if config.invariance.weight > 0 else 1.0)
+
+
+def step_ms_measured(config) -> bool:
+  """Whether `step_ms` is an H100 measurement of this very kind of step (not derived)."""
+  return (_cost_key(config) in MEASURED and config.invariance.weight == 0
+          and config.model.get("arch", "resnet18") == "resnet18"
+          and config.data.name != "spirograph")  # Spirograph adds its on-device rendering
+
+
+def _duration(hours: float) -> str:
+  return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
 
 
 def tiny_config(config):
@@ -420,10 +451,12 @@ def format_plan(table: Table, tiny: bool) -> str:
     hours = steps * ms / 3.6e6
     total_h += hours
     extra = f", overriding {', '.join(k for k, _ in run.overrides)}" if run.overrides else ""
+    how = "measured" if step_ms_measured(config) else "derived"
     lines.append(f"    {run.name}: configs/{run.config}.py:{run.variant} seed {run.seed}{extra}; "
-                 f"{steps:,} steps × ~{ms:.0f} ms ≈ {hours:.1f} h")
-  lines.append(f"  estimated training time on one H100: {total_h:.1f} h (estimate: authors' "
-               f"PyTorch step times scaled, see STEP_MS; evaluation extra); {table.gpu_note}")
+                 f"{steps:,} steps × ~{ms:.0f} ms ({how}) ≈ {_duration(hours)}")
+  lines.append(f"  estimated training time on one H100: {_duration(total_h)} (bf16 step times measured "
+               f"by gpu_report.py or derived from them, see STEP_MS; evaluation extra); "
+               f"{table.gpu_note}")
   if tiny:
     lines.append("  --tiny: every run at toy size on this machine; the numbers check the "
                  "pipeline, not the paper")
@@ -437,7 +470,7 @@ def list_tables() -> str:
     runs = table.runs
     hours = sum(full_steps(r.build()) * step_ms(r.build()) / 3.6e6 for r in runs)
     lines.append(f"{name:<20}{table.title}\n{'':<20}{table.source}\n{'':<20}{len(runs)} runs, "
-                 f"~{hours:.0f} GPU-hours (estimate), {table.gpu_note}; datasets: "
+                 f"~{_duration(hours)} on one H100 (estimate), {table.gpu_note}; datasets: "
                  f"{', '.join(table.datasets)}")
   return "\n".join(lines)
 

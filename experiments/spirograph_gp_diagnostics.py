@@ -37,6 +37,7 @@ from mclr_jax.invariance import penalty as gp  # noqa: E402
 from mclr_jax.train import checkpoint  # noqa: E402
 from mclr_jax.train import objective  # noqa: E402
 from mclr_jax.train.data import spirograph_split  # noqa: E402
+from mclr_jax.errors import UserFacingError  # noqa: E402
 
 flags.DEFINE_list("workdirs", [], "Trained Spirograph workdirs to diagnose (final checkpoints).")
 flags.DEFINE_integer("num_examples", 256, "Test draws N (one BatchNorm batch).")
@@ -126,11 +127,16 @@ def _run_config(workdir):
 
 
 def _restore_final(workdir):
-  """(params, batch_stats) of WORKDIR's newest checkpoint, read as a plain tree (read-only), so
-  checkpoints of the layout before `state`/`window` items (one `default` item) restore too."""
+  """(params, batch_stats) of WORKDIR's newest committed checkpoint, read as a plain tree
+  (read-only), so checkpoints of the layout before `state`/`window` items (one `default` item)
+  restore too. A step folder orbax did not finish writing (a killed save) is passed over."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  step = max(int(name) for name in os.listdir(directory) if name.isdigit())
-  path = os.path.join(directory, str(step))
+  steps = sorted(int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+                 if name.isdigit() and checkpoint.is_committed(os.path.join(directory, name)))
+  if not steps:
+    raise UserFacingError(f"{workdir}: no committed checkpoint under {directory}; pass the workdir "
+                          "of a run that saved at least one step.")
+  path = os.path.join(directory, str(steps[-1]))
   item = "state" if os.path.isdir(os.path.join(path, "state")) else "default"
   with ocp.StandardCheckpointer() as checkpointer:
     tree = checkpointer.restore(os.path.join(path, item))

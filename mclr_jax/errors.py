@@ -30,8 +30,8 @@ class UserFacingError(Exception):
 
 
 class Preempted(UserFacingError):
-  """Training stopped on SIGTERM after saving a checkpoint (no evaluation ran); rerunning the same
-  command resumes it. Exit status 143."""
+  """Training stopped on SIGTERM after saving a checkpoint (no evaluation ran, or the periodic one
+  running was stopped); rerunning the same command resumes it. Exit status 143."""
   exit_code = PREEMPTED_EXIT_CODE
   label = "preempted"
 

@@ -5,8 +5,8 @@ can be overridden (`--config.batch_size=256`); a variant is chosen with `--confi
 
 Exit status: 0 the run finished (and its final evaluation ran); 1 an error about the input or
 environment, printed as one line on stderr (`--verbose` for the traceback); 2 a command line that
-does not parse; 143 preempted: SIGTERM saved a checkpoint at the next step and skipped evaluation,
-so a scheduler should requeue the job, and rerunning the same command resumes it.
+does not parse; 143 preempted: SIGTERM saved a checkpoint at the next step and skipped (or stopped)
+evaluation, so a scheduler should requeue the job, and rerunning the same command resumes it.
 
 Multi-host runs: `--distributed` calls `jax.distributed.initialize()` before any device is touched;
 on a cluster it detects the processes itself (SLURM, Open MPI, ...), elsewhere give

@@ -54,6 +54,14 @@ def fast_cpu_compiles():
   jax.config.update("jax_disable_most_optimizations", previous)
 
 
+@pytest.fixture
+def float64():
+  """x64 on for one test (float64 references built with jnp); restored afterwards."""
+  import jax  # pylint: disable=g-import-not-at-top
+  with jax.enable_x64(True):
+    yield
+
+
 class _NoTensorBoard:
   """Stands in for the TensorBoard writer, which would import TensorFlow."""
 

@@ -104,8 +104,20 @@ def test_time_dispatch_does_not_wait_for_the_device():
 
 def test_parse_shapes_rejects_malformed_entries():
   assert benchmark.parse_shapes("20x512x8,3x4x5") == [(20, 512, 8), (3, 4, 5)]
-  with pytest.raises(ValueError, match="JxBxK"):
-    benchmark.parse_shapes("20x512")
+  for bad in ("20x512", "20xabcx8", "0x512x8"):
+    with pytest.raises(benchmark.BenchmarkError, match="JxBxK"):
+      benchmark.parse_shapes(bad)
+
+
+def test_bad_requests_fail_before_any_timing_work(tmp_path, monkeypatch):
+  def no_work(*args, **kwargs):
+    raise AssertionError("timing work started")
+  monkeypatch.setattr(benchmark, "benchmark_expm", no_work)
+  monkeypatch.setattr(benchmark, "benchmark_train_step", no_work)
+  with pytest.raises(benchmark.BenchmarkError, match="does not exist"):
+    benchmark.main(["--case=expm", "--tiny", f"--out={tmp_path}/missing/rows.json"])
+  with pytest.raises(benchmark.BenchmarkError, match="unknown names"):
+    benchmark.main(["--case=simclr_c10,bogus", "--tiny", f"--out={tmp_path}/rows.json"])
 
 
 def test_thresh_cases_run_best_of_j_in_the_timed_step():
@@ -174,7 +186,9 @@ def test_set_overrides_typed_values_and_rejects_unknown_keys():
                                      "loss.kl_weight=2e-5"])
   assert (config.manifold.best_of_j_dtype, config.manifold.num_samples) == ("bfloat16", 7)
   assert config.loss.kl_weight == 2e-5
-  with pytest.raises(ValueError, match="no key"):
+  with pytest.raises(benchmark.BenchmarkError, match="no key"):
     benchmark.apply_overrides(config, ["manifold.best_of_j_dtpye=bfloat16"])
+  with pytest.raises(benchmark.BenchmarkError, match="no key"):
+    benchmark.apply_overrides(config, ["no_section.num_samples=3"])
   with pytest.raises(ValueError, match="KEY=VALUE"):
     benchmark.apply_overrides(config, ["manifold.num_samples"])

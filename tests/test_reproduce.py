@@ -33,7 +33,7 @@ def test_list_shows_every_table_with_cost_and_datasets():
   assert set(reproduce.TABLES) == set(EXPECTED_TABLES)
   for name in EXPECTED_TABLES:
     assert name in out.stdout
-  assert out.stdout.count("GPU-hours (estimate)") == len(EXPECTED_TABLES)
+  assert out.stdout.count("on one H100 (estimate)") == len(EXPECTED_TABLES)
   assert "datasets: cifar10, stl10, tinyimagenet" in out.stdout
 
 

@@ -113,7 +113,31 @@ def sigterm_at(monkeypatch, stop_step):
 
 
 def fake_committed_checkpoint(workdir):
-  """A step folder with orbax's commit marker: enough for the config lock, which reads no arrays."""
+  """A real checkpoint (step 1) of a small stand-in tree, written by the installed orbax the way
+  training writes one: enough for the config lock, which reads no arrays. (A hand-made commit
+  marker would hide how a given orbax version marks a finished step.)"""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mclr_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.join(workdir, "checkpoints", "1"))
-  open(os.path.join(workdir, "checkpoints", "1", checkpoint.COMMIT_MARKER), "w").close()
+  manager = checkpoint.make_manager(workdir, keep=1, async_save=False)
+  checkpoint.save(manager, 1, {"w": jnp.zeros((2,), jnp.float32)})
+  manager.close()
+  assert checkpoint.has_committed_checkpoint(workdir)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+  """`path` is a PNG file that decodes to a non-blank RGB(A) image."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top  (only the figure tests need it)
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE, f"{path} is not a PNG file"
+  image = matplotlib.image.imread(path)
+  assert image.ndim == 3 and image.std() > 0, f"{path} is blank"
+
+
+def coloured_images(labels, rng):
+  """uint8 (N, 32, 32, 3): class c is a noisy image of colour c (a red, a green, a blue class)."""
+  colours = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220]])
+  noise = rng.integers(-30, 31, (len(labels), 32, 32, 3))
+  return np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)

@@ -22,6 +22,7 @@ from mclr_jax.evaluate import model as model_lib
 from mclr_jax.evaluate import report
 from mclr_jax.evaluate import suite as suite_lib
 from mclr_jax.train import metrics as metrics_lib
+from mclr_jax.train.validate import validate_config
 
 __doc__ += suite_lib.describe_suites()  # absl's --help shows the main module's docstring
 
@@ -39,19 +40,19 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
                       flag_values=flag_values)
   flags.DEFINE_integer("semi_supervised_trials", None,
                        "Trials (default config.eval.semi_supervised_trials).",
-                       flag_values=flag_values)
+                       lower_bound=1, flag_values=flag_values)
   flags.DEFINE_integer("semi_supervised_steps", None,
                        "Steps per trial (default config.eval.semi_supervised_steps).",
-                       flag_values=flag_values)
+                       lower_bound=1, flag_values=flag_values)
   flags.DEFINE_integer("linear_epochs", None,
                        "Linear-probe epochs (default config.eval.linear_epochs).",
-                       flag_values=flag_values)
+                       lower_bound=1, flag_values=flag_values)
   flags.DEFINE_integer("feature_average_copies", None,
                        "M for feature_average (default config.eval.feature_average_copies).",
-                       flag_values=flag_values)
+                       lower_bound=1, flag_values=flag_values)
   flags.DEFINE_integer("identity_repeats", None,
                        "Draws per strength of the identity suite (default 20).",
-                       flag_values=flag_values)
+                       lower_bound=1, flag_values=flag_values)
   flags.DEFINE_integer("seed", 0, "Seed of the evaluation randomness.", flag_values=flag_values)
   config_flags.DEFINE_config_file("config", None, "Optional config file replacing the workdir's "
                                   "config.json (its model must match the checkpoint).",
@@ -93,7 +94,11 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
                                    feature_average_copies=fv.feature_average_copies)
   if fv.identity_repeats is not None:
     options.identity_repeats = fv.identity_repeats
-  model, results = evaluate_workdir(fv.workdir, fv.suite, step=fv.step, config=fv.config,
+  config = None
+  if fv["config"].present:
+    config = cli.loaded_config(fv["config"])
+    validate_config(config)  # a bad value fails here, before the restore
+  model, results = evaluate_workdir(fv.workdir, fv.suite, step=fv.step, config=config,
                                     options=options, seed=fv.seed)
   print(f"Evaluation of {fv.workdir} at step {model.step} ({model.config.data.name}, "
         f"{model.config.method}):\n{report.format_results(results)}\n"

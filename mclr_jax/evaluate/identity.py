@@ -34,7 +34,7 @@ import numpy as np
 from mclr_jax import manifold
 from mclr_jax.evaluate import figures
 from mclr_jax.evaluate import linear_probe
-from mclr_jax.evaluate.model import LATE_STEP, EvaluationError, map_chunks
+from mclr_jax.evaluate.model import EvaluationError, map_chunks, warmed_prior
 from mclr_jax.evaluate.operators import require_operators
 from mclr_jax.models.linear import Linear
 
@@ -85,8 +85,7 @@ def augment(key, z, z_pair, strength, *, psi, prior_fn, posterior_fn, hyperprior
 def _score_chunk(params, z, z_pair, labels, key, strength, *, prior, encoder, probe,
                  hyperprior_scale, threshold, expm):
   """{name: (correct (n,) bool, relative distance (n,))} for one chunk of test rows."""
-  prior_fn = lambda x: prior.apply({"params": params["prior"]}, x,
-                                   jnp.asarray(LATE_STEP, jnp.int32))
+  prior_fn = warmed_prior(prior, params["prior"])
   posterior_fn = lambda x, xp: encoder.apply({"params": params["coeff_encoder"]}, x, xp)
   moved = augment(key, z, z_pair, strength, psi=params["psi"], prior_fn=prior_fn,
                   posterior_fn=posterior_fn, hyperprior_scale=hyperprior_scale,

@@ -144,9 +144,15 @@ def _apply(variables, x, *, module):
   return _apply_fn(module, variables)(x)
 
 
+def warmed_prior(module, params):
+  """z (n, D) -> (μ_p, log b_p) of the prior network `module` once fully warmed up (the evaluation
+  reads the trained prior, not its warm-up schedule): a pure JAX function."""
+  return lambda z: module.apply({"params": params}, z, jnp.asarray(LATE_STEP, jnp.int32))
+
+
 @functools.partial(jax.jit, static_argnames=("module",))
 def _prior(params, z, *, module):
-  return module.apply({"params": params}, z, jnp.asarray(LATE_STEP, jnp.int32))
+  return warmed_prior(module, params)(z)
 
 
 @functools.partial(jax.jit, static_argnames=("num_rows",))
@@ -161,20 +167,35 @@ def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
 
 
+@functools.partial(jax.jit, static_argnames=("size",))
+def _device_chunk(x, start, *, size):
+  """Rows [start, start + size) of a device array, the last row repeated past its end; `start` is
+  traced, so every chunk of one array shares one compiled slice."""
+  padded = jnp.concatenate([x, jnp.repeat(x[-1:], size, axis=0)])
+  return jax.lax.dynamic_slice_in_dim(padded, start, size)
+
+
 def map_chunks(fn, arrays, chunk_size: int = CHUNK_SIZE):
-  """fn(chunk_index, *chunks) over fixed-size row chunks of host arrays (N, ...) -> (N, ...).
+  """fn(chunk_index, *chunks) over fixed-size row chunks of arrays (N, ...) -> (N, ...).
 
   Every chunk has min(chunk_size, N) rows (the last one padded), so `fn`, a jitted function,
   compiles once; its outputs (a pytree of (rows, ...) arrays) stay on the device and are joined
-  there, the padding dropped.
+  there, the padding dropped. Host arrays are sent chunk by chunk; device arrays (features
+  already computed) are sliced where they are, never copied to the host.
   """
-  arrays = [np.asarray(a) for a in arrays]
+  arrays = [a if isinstance(a, jax.Array) else np.asarray(a) for a in arrays]
   num_rows = len(arrays[0])
   if num_rows == 0:
     raise EvaluationError("No rows to evaluate: the evaluation split is empty (check "
                           "config.eval.max_train_examples / max_test_examples and the dataset).")
   size = min(chunk_size, num_rows)
-  outs = [fn(i, *[_pad_rows(a[start:start + size], size) for a in arrays])
+
+  def chunk(a, start):
+    if isinstance(a, jax.Array):
+      return _device_chunk(a, start, size=size)
+    return _pad_rows(a[start:start + size], size)
+
+  outs = [fn(i, *[chunk(a, start) for a in arrays])
           for i, start in enumerate(range(0, num_rows, size))]
   return _join(outs, num_rows)
 

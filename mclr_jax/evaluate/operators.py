@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mclr_jax import manifold
-from mclr_jax.evaluate.model import LATE_STEP, EvaluationError
+from mclr_jax.evaluate.model import EvaluationError, warmed_prior
 
 
 def require_operators(model):
@@ -24,8 +24,7 @@ def require_operators(model):
 
 def prior_fn(model):
   """z (n, D) -> (μ_p, log b_p) of the fully warmed-up prior, a pure JAX function."""
-  prior, params = model.networks.prior, model.params["prior"]
-  return lambda z: prior.apply({"params": params}, z, jnp.asarray(LATE_STEP, jnp.int32))
+  return warmed_prior(model.networks.prior, model.params["prior"])
 
 
 def transport_augment_fn(model, threshold: float = 0.0, clip: Optional[float] = None):

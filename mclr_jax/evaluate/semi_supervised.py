@@ -61,8 +61,9 @@ class FeatMatchAttention(nn.Module):
     a = softmax(e_x e_pᵀ / √w)                    (n, P), attention dropout `dropout` in training
     o_h = ReLU(F_h [a e_p, e_x])                  (Linear 2w → w)
   and x' = ReLU(x + O [o_1, ..., o_H]) (Linear D → D). The prototypes are the labelled features of
-  the step, as the authors' semi-supervised script uses them (4 heads, dropout 0.1); FeatMatch
-  itself draws them from k-means of a memory bank. PyTorch's default Linear initialisation.
+  the step, as the authors' semi-supervised script uses them, with 4 heads; FeatMatch itself draws
+  them from k-means of a memory bank. Attention dropout 0.1 is our choice (docs/method.md §17.5).
+  PyTorch's default Linear initialisation.
   """
   num_heads: int = 4
   dropout: float = 0.1

@@ -301,9 +301,10 @@ def sync_processes(name: str):
 
 
 def has_committed_checkpoint(workdir: str) -> bool:
+  """Whether WORKDIR/checkpoints holds a step folder orbax finished writing (`is_committed`)."""
   directory = os.path.join(workdir, "checkpoints")
   return os.path.isdir(directory) and any(
-      name.isdigit() and os.path.exists(os.path.join(directory, name, COMMIT_MARKER))
+      name.isdigit() and is_committed(os.path.join(directory, name))
       for name in os.listdir(directory))
 
 

@@ -17,6 +17,7 @@ SIGTERM (a preemption) saves a checkpoint after the step in flight, skips evalua
 `Preempted` (exit status 143 from the command line); rerunning the same command resumes.
 """
 
+import contextlib
 import gc
 import logging
 import signal
@@ -51,6 +52,10 @@ class NonFiniteError(UserFacingError, FloatingPointError):
   """Training produced NaN/Inf; the message names the step and the check."""
 
 
+class _EvaluationInterrupted(Exception):
+  """A SIGTERM arrived during a periodic evaluation (one process)."""
+
+
 class _Preemption:
   """Whether a preemption (SIGTERM) asks the loop to stop at `step`.
 
@@ -64,11 +69,35 @@ class _Preemption:
     self.requested = threading.Event()
     self._previous = None
     self._multi_process = jax.process_count() > 1
+    self._evaluating = False
 
   def __enter__(self):
     if not self._multi_process and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     return self
+
+  def _on_sigterm(self, *_):
+    self.requested.set()
+    if self._evaluating:
+      # Runs in the main thread between bytecodes: the evaluation stops within one compiled call
+      # instead of running to its end (a probe can take minutes, longer than a grace period).
+      raise _EvaluationInterrupted()
+
+  @contextlib.contextmanager
+  def interruptible_evaluation(self):
+    """Inside, a SIGTERM (one process) raises `_EvaluationInterrupted`. Several processes stop at
+    the step the preemption service names instead: one leaving an evaluation alone would leave
+    the others waiting in its collectives."""
+    if self._previous is None:  # no handler of ours: several processes, or not the main thread
+      yield
+      return
+    self._evaluating = True
+    try:
+      if self.requested.is_set():
+        raise _EvaluationInterrupted()
+      yield
+    finally:
+      self._evaluating = False
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -236,7 +265,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if save:
           checkpoint.save(manager, done, state, window, force=preempted)
         if evaluate:
-          results = eval_fn(state, done)
+          try:
+            with preemption.interruptible_evaluation():
+              results = eval_fn(state, done)
+          except _EvaluationInterrupted:
+            results, preempted = None, True
+            if not save:
+              checkpoint.save(manager, done, state, window, force=True)
           if is_chief and results:
             jsonl.write(done, results, kind="eval")
             tensorboard.write(done, results)
@@ -245,8 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if preempted:
           checkpoint.wait_until_finished(manager)
           raise Preempted(done, f"SIGTERM: saved a checkpoint at step {done} in "
-                                f"{manager.directory} and skipped evaluation; rerun the same "
-                                f"command to resume (exit status 143: requeue).")
+                                f"{manager.directory} and skipped (or stopped) evaluation; rerun "
+                                f"the same command to resume (exit status 143: requeue).")
   except BaseException as e:
     error = e
     raise

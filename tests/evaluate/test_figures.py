@@ -1,12 +1,11 @@
 """Figures write valid, non-blank PNGs on tiny inputs."""
 
-import matplotlib.image
 import numpy as np
 import pytest
 
 from mclr_jax.evaluate import figures
+from tests.tiny import assert_png
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RNG = np.random.default_rng(0)
 t = np.linspace(0, 2 * np.pi, 20)
 
@@ -24,6 +23,4 @@ def test_writes_nonblank_png(tmp_path, name):
   path = tmp_path / "sub" / f"{name}.png"
   written = getattr(figures, name)(str(path), *CASES[name])
   assert written == str(path)
-  assert path.read_bytes()[:8] == PNG_SIGNATURE
-  image = matplotlib.image.imread(written)
-  assert image.ndim == 3 and image.std() > 0
+  assert_png(written)

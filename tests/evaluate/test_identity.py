@@ -18,16 +18,10 @@ from mclr_jax.evaluate import identity
 from mclr_jax.evaluate import model as model_lib
 from mclr_jax.evaluate import suite
 from mclr_jax.train import objective
-from tests.evaluate.test_suite import _assert_png, _coloured_images
 from tests.evaluate.workdirs import save_untrained
-from tests.tiny import tiny_image_config
+from tests.tiny import assert_png, coloured_images, tiny_image_config
 
 pytestmark = pytest.mark.usefixtures("fast_cpu_compiles")
-
-
-@pytest.fixture(scope="module")
-def image_model(fast_cpu_compiles):
-  return model_lib.random_model(tiny_image_config("cifar10", "manifoldclr"))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +126,7 @@ def test_suite_scores_the_clean_accuracy_at_strength_zero_and_draws_its_figure(i
   s = 0 moves nothing (distance 0) and scores exactly the clean accuracy, with zero spread."""
   rng = np.random.default_rng(0)
   train_y, test_y = np.arange(60) % 3, np.arange(30) % 3
-  data = (_coloured_images(train_y, rng), train_y, _coloured_images(test_y, rng), test_y)
+  data = (coloured_images(train_y, rng), train_y, coloured_images(test_y, rng), test_y)
   options = suite.SuiteOptions(linear_epochs=300, identity_strengths=(0.0, 1.0),
                                identity_repeats=2)
   out = suite.run_suite(image_model, ["identity"], jax.random.key(0), str(tmp_path), data=data,
@@ -144,7 +138,7 @@ def test_suite_scores_the_clean_accuracy_at_strength_zero_and_draws_its_figure(i
   # The isotropic noise moves each row exactly as far as the prior's transport.
   assert out["isotropic"]["s1"]["distance"] == pytest.approx(out["prior"]["s1"]["distance"],
                                                              rel=1e-4)
-  _assert_png(out["figure"])
+  assert_png(out["figure"])
 
 
 @pytest.mark.slow  # a checkpoint, mock TFDS images and the evaluation program: ~1 min
@@ -166,4 +160,4 @@ def test_cli_writes_the_identity_numbers_and_figure(tmp_path):
   for name in identity.AUGMENTATIONS:
     assert set(written[name]) == {identity.strength_label(s) for s in identity.DEFAULT_STRENGTHS}
     assert written[name]["s0"]["top1"] == written["clean_top1"]
-  _assert_png(written["figure"])
+  assert_png(written["figure"])

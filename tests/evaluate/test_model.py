@@ -107,6 +107,25 @@ def _compilations(fn) -> list:
   return names
 
 
+def test_device_features_are_chunked_on_the_device_with_one_compiled_slice(image_model,
+                                                                          monkeypatch):
+  """Features already on the device (project, the identity suite) are sliced there: the host
+  path (`_pad_rows`) never sees them, the result equals the host path's, and the slice compiles
+  once however many chunks there are."""
+  features = image_model.features(_images(23), chunk_size=10)
+  want = image_model.project(np.asarray(features), chunk_size=7)  # host rows, chunk by chunk
+  host_chunks = []
+  real_pad = model_lib._pad_rows  # pylint: disable=protected-access
+  monkeypatch.setattr(model_lib, "_pad_rows",
+                      lambda x, size: host_chunks.append(len(x)) or real_pad(x, size))
+  jax.clear_caches()
+  compiled = _compilations(lambda: image_model.project(features, chunk_size=7)
+                           .block_until_ready())
+  assert host_chunks == []
+  assert sum("_device_chunk" in name for name in compiled) == 1, compiled  # 4 chunks, 1 compile
+  np.testing.assert_array_equal(image_model.project(features, chunk_size=7), want)
+
+
 def test_compilations_do_not_grow_with_the_number_of_images(image_model):
   chunk = 8
   images = _images(3 * (2 * chunk + 3))

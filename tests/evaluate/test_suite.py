@@ -10,7 +10,6 @@ import sys
 
 from absl import flags
 import jax
-import matplotlib.image
 import numpy as np
 import pytest
 
@@ -21,9 +20,8 @@ from mclr_jax.evaluate import regression
 from mclr_jax.evaluate import suite
 from mclr_jax.train import data as data_lib
 from tests.evaluate.workdirs import save_untrained
-from tests.tiny import tiny_image_config, tiny_spirograph_config
+from tests.tiny import assert_png, coloured_images, tiny_spirograph_config
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # CPU compile time dominates these tests; unoptimised compiles check the same properties.
@@ -46,20 +44,13 @@ def model(workdir):
   return model_lib.restore_model(workdir)
 
 
-def _assert_png(path):
-  with open(path, "rb") as f:
-    assert f.read(8) == PNG_SIGNATURE
-  image = matplotlib.image.imread(path)
-  assert image.ndim == 3 and image.std() > 0, f"{path} is blank"
-
-
 def test_figures_are_written_and_the_result_is_json(model, tmp_path):
   results = suite.run_suite(model, ["figures"], jax.random.key(0), str(tmp_path))
   assert set(results["figures"]) == {"feature_spectra", "operator_orbits", "coefficient_usage",
                                      "operator_spectra"}
   for path in results["figures"].values():
     assert os.path.dirname(path) == str(tmp_path / "figures")
-    _assert_png(path)
+    assert_png(path)
   json.dumps(results)
 
 
@@ -99,23 +90,11 @@ def test_spirograph_probe_is_the_ridge_fit_of_the_rendered_features(model, tmp_p
     assert "skipped" in suite.run_suite(fixed, [name], jax.random.key(0), ".")[name]
 
 
-def _coloured_images(labels, rng):
-  """uint8 (N, 32, 32, 3): class c is a noisy image of colour c (a red, a green, a blue class)."""
-  colours = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220]])
-  noise = rng.integers(-30, 31, (len(labels), 32, 32, 3))
-  return np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def image_data():
   rng = np.random.default_rng(0)
   train_y, test_y = np.arange(60) % 3, np.arange(30) % 3
-  return _coloured_images(train_y, rng), train_y, _coloured_images(test_y, rng), test_y
-
-
-@pytest.fixture(scope="module")
-def image_model(fast_cpu_compiles):
-  return model_lib.random_model(tiny_image_config("cifar10", "manifoldclr"))
+  return coloured_images(train_y, rng), train_y, coloured_images(test_y, rng), test_y
 
 
 @pytest.mark.slow  # probe, kNN and clustering on a random ResNet over mock images
@@ -154,7 +133,7 @@ def test_semi_supervised_learns_colours_from_five_labels(image_model, image_data
   assert set(results) == {"transport", "mixup", "none", "featmatch", "supervised", "figure"}
   for method in ("transport", "mixup", "none", "featmatch", "supervised"):
     assert results[method]["mean"] > 0.9, (method, results[method])  # chance is 1/3
-  _assert_png(results["figure"])
+  assert_png(results["figure"])
 
 
 def test_unknown_suite_and_missing_copies_name_the_fix(model):
@@ -185,6 +164,27 @@ def test_cli_main_prints_a_table_and_writes_eval_json_and_metrics(workdir, capsy
   assert "knn" in out and "skipped" in out and "{" not in out  # a table, not a Python literal
 
 
+def test_cli_main_refuses_a_bad_config_or_flag_value_before_restoring(workdir):
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from mclr_jax.train.validate import ConfigError  # pylint: disable=g-import-not-at-top
+
+  def parse(*args):
+    flag_values = flags.FlagValues()
+    evaluate_cli.define_flags(flag_values)
+    return flag_values(["prog", f"--workdir={workdir}", *args]), flag_values
+
+  argv, flag_values = parse("--config=configs/spirograph.py")
+  flag_values["config"].value.eval.probe_l2 = -1.0  # as --config.eval.probe_l2=-1 would set it
+  with pytest.raises(ConfigError, match=r"eval\.probe_l2"):
+    evaluate_cli.main(argv, flag_values)
+  argv, flag_values = parse("--config=configs/no_such_config.py")
+  with pytest.raises(app.UsageError, match="no_such_config.py"):
+    evaluate_cli.main(argv, flag_values)
+  for flag in ("--linear_epochs=0", "--feature_average_copies=0"):
+    with pytest.raises(flags.IllegalFlagValueError, match=flag[2:].split("=")[0]):
+      parse(flag)
+
+
 def _run_cli(*args):
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", TF_CPP_MIN_LOG_LEVEL="2")
   return subprocess.run([sys.executable, "-m", "mclr_jax.evaluate", *args], cwd=REPO_ROOT,
@@ -205,12 +205,16 @@ def test_help_lists_every_suite_with_its_line():
     assert f"\n  {entry} " in evaluate_cli.__doc__, entry
 
 
-@pytest.mark.slow  # three more processes; the default tier runs the successful one above
+@pytest.mark.slow  # two more processes; the in-process tests cover the same errors
 def test_cli_program_errors_are_one_line_and_non_zero(workdir, tmp_path):
-  for args, message in (([f"--workdir={workdir}", "--suite=probe,bogus"], "Unknown evaluation"),
-                        ([f"--workdir={tmp_path}"], "config.json")):
+  for args, message, code in (
+      ([f"--workdir={workdir}", "--suite=probe,bogus"], "Unknown evaluation", 1),
+      ([f"--workdir={tmp_path}"], "config.json", 1),
+      ([f"--workdir={workdir}", "--config=configs/spirograph.py", "--config.eval.probe_l2=-1"],
+       "probe_l2", 1),
+      ([f"--workdir={workdir}", "--linear_epochs=0"], "linear_epochs", 2)):
     done = _run_cli(*args)
-    assert done.returncode == 1, done
+    assert done.returncode == code, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
   usage = _run_cli("--help").stdout

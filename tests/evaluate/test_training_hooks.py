@@ -1,6 +1,6 @@
 """The evaluation the training program runs (docs/method.md §8, §13): the loop's periodic branch and
-its interval, the periodic `eval_fn`, the final report and the Spirograph table, and the console
-line and throughput beside them."""
+its interval, the periodic `eval_fn`, the final report and the Spirograph table (the console line
+and throughput are tests/train/test_metrics.py's)."""
 
 import json
 
@@ -14,7 +14,6 @@ from mclr_jax.evaluate import runner
 from mclr_jax.evaluate import suite
 from mclr_jax.train import create
 from mclr_jax.train import loop
-from mclr_jax.train import metrics as metrics_lib
 from tests.tiny import read_metrics, tiny_image_config, tiny_spirograph_config
 
 
@@ -121,26 +120,3 @@ def test_final_report_images_writes_probe_knn_and_clustering(tmp_path, monkeypat
   for metric in ("linear_top1", "knn_acc", "cluster_purity"):
     assert metric in out
   assert "{" not in out
-
-
-def test_progress_rates_and_eta_follow_the_clock():
-  times = iter([100.0, 102.0, 103.0])
-  progress = metrics_lib.Progress(start_step=10, total_steps=110, images_per_step=64,
-                                  clock=lambda: next(times))
-  first = progress.update(20)  # 10 steps in 2 s
-  assert first["steps_per_sec"] == pytest.approx(5.0)
-  assert first["images_per_sec"] == pytest.approx(320.0)
-  assert first["eta_sec"] == pytest.approx(90 / 5.0)
-  assert first["step_ms"] == pytest.approx(200.0)
-  second = progress.update(30)  # 10 steps in 1 s; 20 steps in 3 s overall
-  assert second["steps_per_sec"] == pytest.approx(10.0)
-  assert second["eta_sec"] == pytest.approx(80 / (20 / 3))
-
-
-def test_console_line_format():
-  scalars = {"loss": 5.12345, "contrastive": 5.0, "nonfinite/loss": 0.0, "lr/backbone": 1e-3,
-             "steps_per_sec": 5.0, "images_per_sec": 812.4, "eta_sec": 192.0}
-  speed = {"images_per_sec": 812.4, "eta_sec": 192.0}
-  assert metrics_lib.console_line(120, 1000, scalars, speed) == (
-      "[ 120/1000] loss 5.123 contrastive 5 | lr backbone 1.00e-03 | 812 img/s | ETA 0:03:12")
-  assert metrics_lib.console_line(3, 9, {"loss": 1.0}, None) == "[3/9] loss 1"

@@ -9,15 +9,10 @@ from mclr_jax.data import spirograph
 from mclr_jax.invariance import penalty as gp
 
 B, P, D, L = 4, 3, 5, 6
+pytestmark = pytest.mark.usefixtures("float64")
 
 # One compiled program per test instead of one per primitive (eager dispatch is slow on CPU).
 exact = jax.jit(gp.exact_penalty, static_argnums=(0, 3))
-
-
-@pytest.fixture(autouse=True)
-def float64():
-  with jax.enable_x64(True):
-    yield
 
 
 def init_mlp(key):

@@ -27,7 +27,7 @@ from mclr_jax.train.state import TrainState
 B, L, D = 3, 5, 6  # batch, α′ draws per example, feature width
 NUM_PROBES = 2000
 
-pytestmark = pytest.mark.usefixtures("fast_cpu_compiles")
+pytestmark = pytest.mark.usefixtures("fast_cpu_compiles", "float64")
 
 
 class TinyEncoder(nn.Module):
@@ -48,12 +48,6 @@ class TinyProjector(nn.Module):
   def __call__(self, h, train: bool):
     del train
     return nn.Dense(4, dtype=jnp.float64, param_dtype=jnp.float64)(h)
-
-
-@pytest.fixture(autouse=True)
-def float64():
-  with jax.enable_x64(True):
-    yield
 
 
 def _config(weight=0.5):

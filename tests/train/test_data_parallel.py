@@ -1,5 +1,6 @@
 """Data parallelism: one ManifoldCLR step on 1, 2, 4 and 8 devices gives the same numbers (global
-BatchNorm statistics, the global contrastive loss and the replicated update included).
+BatchNorm statistics, the global contrastive loss and the replicated update included), and two steps
+with the nearest-neighbour support queue give the same numbers, queue included, on 1 and 4.
 
 The comparison runs in a subprocess with eight simulated CPU devices, so the rest of the suite keeps
 its own device count; `python -m tests.train.test_data_parallel OUT.npz` runs that half alone.
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 DEVICE_COUNTS = (1, 2, 4, 8)
+QUEUE_DEVICE_COUNTS = (1, 4)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -48,17 +50,39 @@ def run_steps(out_path):
   batch = next(train_data.make_iterator(0))
   rng = jax.random.key(1)
   arrays = _flat("init/", {"params": state.params, "batch_stats": state.batch_stats})
-  for n in DEVICE_COUNTS:
+
+  def on_mesh(n, networks, tx):
+    """(the train step jitted over a mesh of the first n devices, replicated, sharded)."""
     mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",), axis_types=(AxisType.Auto,))
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     step = jax.jit(make_train_step(networks, config, tx),
                    in_shardings=(replicated, sharded, replicated),
                    out_shardings=(replicated, replicated))
+    return step, replicated, sharded
+
+  for n in DEVICE_COUNTS:
+    step, replicated, sharded = on_mesh(n, networks, tx)
     new_state, metrics = step(jax.device_put(state, replicated), jax.device_put(batch, sharded),
                               jax.device_put(rng, replicated))
     arrays.update(_flat(f"{n}/metrics", metrics))
     arrays.update(_flat(f"{n}/state", {"params": new_state.params,
                                        "batch_stats": new_state.batch_stats}))
+
+  # Nearest-neighbour positives (docs/method.md §17.3): the support queue is replicated state.
+  # Two steps, so the second looks its positives up in rows the first pushed from every shard.
+  config.loss.nn_queue_size = 2 * config.batch_size
+  networks, state, tx, _ = create.create_train_state(config, jax.random.key(0),
+                                                     train_data.steps_per_epoch)
+  batches = train_data.make_iterator(0)
+  two = [next(batches), next(batches)]
+  for n in QUEUE_DEVICE_COUNTS:
+    step, replicated, sharded = on_mesh(n, networks, tx)
+    current = jax.device_put(state, replicated)
+    for i, b in enumerate(two):
+      current, metrics = step(current, jax.device_put(b, sharded),
+                              jax.device_put(jax.random.fold_in(rng, i), replicated))
+    arrays.update(_flat(f"queue{n}/metrics", metrics))
+    arrays.update(_flat(f"queue{n}/state", {"params": current.params, "queue": current.queue}))
   np.savez(out_path, **arrays)
 
 
@@ -75,6 +99,15 @@ def test_one_two_four_eight_devices_agree(tmp_path):
 
   def group(prefix):
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+  # With the support queue: the same two steps on 4 devices as on 1, the queue included.
+  one_q, four_q = group("queue1/"), group("queue4/")
+  assert one_q and set(one_q) == set(four_q)
+  queue_rows = [k for k in one_q if k.startswith("state['queue']")]
+  assert queue_rows, sorted(one_q)
+  for k, v in one_q.items():
+    atol = 1e-6 if k.startswith("state['params']") else 1e-5
+    np.testing.assert_allclose(four_q[k], v, rtol=1e-5, atol=atol, err_msg=f"queue, 4 devices: {k}")
 
   one = group("1/")
   assert one and not any(v for k, v in one.items() if "nonfinite/" in k)

@@ -106,6 +106,7 @@ def test_console_line_fields():
   line = metrics_lib.console_line(120, 1000, scalars, speed)
   assert line == ("[ 120/1000] loss 5.123 contrastive 5 | lr backbone 3.00e-03 | 812 img/s | "
                   "ETA 1:02:03")
+  assert metrics_lib.console_line(3, 9, {"loss": 1.0}, None) == "[3/9] loss 1"  # no speed yet
 
 
 def test_time_dispatch_reports_launch_and_step_time():

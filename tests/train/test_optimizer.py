@@ -182,9 +182,10 @@ def test_epoch_schedule_is_the_ramp_cosine_minimum_constant_within_each_epoch(ra
 
 
 def _lars_reference(params, grads_per_step, lr, wd, trust, eps, momentum, adapt=lambda p: True):
-  """torch SGD(momentum, weight_decay) wrapped in torchlars, in float64, at a constant lr:
+  """LARS-SGD as docs/method.md §18.1 defines it, in float64, at a constant lr:
   d = g + wd·w; d ← d · trust·‖w‖/(‖d‖ + eps) per leaf (1 where a norm is 0);
-  buf ← momentum·buf + d; w ← w − lr·buf. Returns the parameters after every step."""
+  buf ← momentum·buf + d; w ← w − lr·buf. Returns the parameters after every step. (torchlars,
+  which the authors used, divides by ‖g‖ + wd·‖w‖ instead: §18.1 lists that difference.)"""
   w = {k: np.asarray(v, np.float64) for k, v in params.items()}
   buf = {k: np.zeros_like(v) for k, v in w.items()}
   history = []

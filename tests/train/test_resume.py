@@ -58,6 +58,37 @@ def test_sigterm_then_rerun_matches_uninterrupted_run(tmp_path, monkeypatch, fas
   assert any(jax.tree.leaves(moved))
 
 
+@pytest.mark.slow  # a training run
+def test_sigterm_during_a_periodic_evaluation_stops_it_and_saves_that_step(tmp_path,
+                                                                           fast_compiles):
+  """A long evaluation does not hold a preempted job past its grace period: the SIGTERM stops it
+  within one compiled call, the step it evaluated is saved (no checkpoint was due there), and
+  nothing of the evaluation is logged."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  config = tiny_spirograph_config(num_train_steps=6)
+  config.eval_every_steps = 2  # checkpoint_every_steps is 100: step 2 is not a checkpoint step
+  finished = []
+
+  def slow_eval(state, step):
+    del state
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + 120  # stands in for a probe of minutes
+    while time.monotonic() < deadline:
+      time.sleep(0.05)
+    finished.append(step)
+    return {"probe/mse_mean": 0.0}
+
+  started = time.monotonic()
+  with pytest.raises(Preempted, match=r"step 2\b") as info:
+    loop.train_and_evaluate(config, str(tmp_path), eval_fn=slow_eval)
+  assert time.monotonic() - started < 60  # not the 120 s the evaluation would take
+  assert info.value.step == 2 and not finished
+  manager = checkpoint.make_manager(str(tmp_path), keep=3)
+  assert checkpoint.committed_steps(manager) == [2]
+  assert read_metrics(str(tmp_path), kind="eval") == []
+
+
 def test_resume_with_changed_model_config_is_refused_naming_each_key(tmp_path):
   workdir = str(tmp_path)
   config = tiny_spirograph_config()

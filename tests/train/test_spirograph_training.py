@@ -3,8 +3,8 @@
 The real property: a short seeded SimCLR run lowers the downstream linear-regression MSE on the
 content targets below that of the same architecture at initialisation (the random encoder, a
 strong baseline on Spirograph). That needs ~64 steps, i.e. minutes on a loaded 2-core CPU, so it is
-marked slow; the default suite keeps the 2-step gradient-penalty run, which exercises the same
-loop, step, checkpoint and metrics path.
+marked slow, as is the 2-step gradient-penalty run (a second-order step to compile); CI runs both
+in its slow tier.
 """
 
 import json
