@@ -68,12 +68,14 @@ class _Preemption:
   def __init__(self):
     self.requested = threading.Event()
     self._previous = None
+    self._installed = False  # our handler is in place (signal.signal may report None before it)
     self._multi_process = jax.process_count() > 1
     self._evaluating = False
 
   def __enter__(self):
     if not self._multi_process and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._installed = True
     return self
 
   def _on_sigterm(self, *_):
@@ -88,7 +90,7 @@ class _Preemption:
     """Inside, a SIGTERM (one process) raises `_EvaluationInterrupted`. Several processes stop at
     the step the preemption service names instead: one leaving an evaluation alone would leave
     the others waiting in its collectives."""
-    if self._previous is None:  # no handler of ours: several processes, or not the main thread
+    if not self._installed:  # no handler of ours: several processes, or not the main thread
       yield
       return
     self._evaluating = True
@@ -100,8 +102,10 @@ class _Preemption:
       self._evaluating = False
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous if self._previous is not None
+                    else signal.SIG_DFL)
+      self._installed = False
 
   def reached(self, step: int) -> bool:
     """Called by every process at every step (the multi-process protocol needs each step id)."""
