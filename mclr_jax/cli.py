@@ -53,9 +53,12 @@ class QuietLibraries(std_logging.Filter):
   def filter(self, record):
     if record.exc_info and disk_error_reason(record.exc_info[1]):
       return False
-    if record.name == "asyncio" and record.exc_info and _raised_in_orbax(record.exc_info[2]):
+    if record.name == "asyncio" and record.exc_info and (
+        _raised_in_orbax(record.exc_info[2]) or _tensorstore_error(record.exc_info[1])):
       # "Task exception was never retrieved": the other reads of a checkpoint that failed to
       # restore, finishing after the failure was handled (moved aside, or refused in one line).
+      # Their traceback passes through orbax, or, for a TensorStore future asyncio wrapped
+      # itself, holds only asyncio frames and TensorStore's error, which names its spec.
       return False
     # Standard-library levels: absl's own constants (logging.WARNING == -1) use another scale.
     if record.levelno >= std_logging.WARNING:
@@ -69,6 +72,11 @@ def _late_checkpoint_callback(e: BaseException) -> bool:
   the program then handles: moved aside, or refused in one line) or a failed save (a full disk).
   The failure itself has been reported by then; this is only its late echo."""
   return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
+def _tensorstore_error(e: BaseException) -> bool:
+  """Whether `e` is an error TensorStore reported for a read or write (it quotes the spec)."""
+  return isinstance(e, Exception) and "tensorstore_spec=" in str(e)
 
 
 def _raised_in_orbax(tb) -> bool:

@@ -29,19 +29,21 @@ def test_orbax_info_is_dropped_but_its_warnings_and_other_info_are_kept():
   assert quiet.filter(_record(logging.INFO, "/repo/mclr_jax/train/loop.py"))
 
 
-def _exc_info_raised_in(filename):
-  namespace = {}
-  exec(compile("def read():\n  raise ValueError('DATA_LOSS')\n", filename, "exec"), namespace)
+def _exc_info_raised_in(filename, error=None):
+  """exc_info of `error` (default ValueError('DATA_LOSS')) raised by code compiled as `filename`."""
+  namespace = {"error": ValueError("DATA_LOSS") if error is None else error}
+  exec(compile("def read():\n  raise error\n", filename, "exec"), namespace)
   try:
     namespace["read"]()
-  except ValueError:
+  except Exception:  # pylint: disable=broad-except
     return sys.exc_info()
 
 
 def test_abandoned_checkpoint_reads_are_dropped_but_other_task_errors_kept():
   """After a damaged checkpoint failed to restore, asyncio reports its other reads as "Task
-  exception was never retrieved" (ERROR, with a traceback through orbax): dropped. The same report
-  for code outside orbax, and late "Event loop is closed" echoes only, are told apart."""
+  exception was never retrieved" (ERROR, with a traceback through orbax, or only through asyncio
+  for TensorStore's own error): dropped. The same report for other code and other errors, and late
+  "Event loop is closed" echoes only, are told apart."""
   quiet = cli.QuietLibraries()
 
   def task_record(exc_info):
@@ -51,6 +53,11 @@ def test_abandoned_checkpoint_reads_are_dropped_but_other_task_errors_kept():
   orbax_file = "/venv/lib/python3.11/site-packages/orbax/checkpoint/serialization.py"
   assert not quiet.filter(task_record(_exc_info_raised_in(orbax_file)))
   assert quiet.filter(task_record(_exc_info_raised_in("/repo/mclr_jax/train/loop.py")))
+  # A TensorStore future that asyncio wrapped itself: no orbax frame, TensorStore's own error.
+  asyncio_file = "/usr/lib/python3.11/asyncio/tasks.py"
+  damaged = ('DATA_LOSS: Error reading "step/.zarray" in OCDBT database [tensorstore_spec=\'{}\']')
+  assert not quiet.filter(task_record(_exc_info_raised_in(asyncio_file, ValueError(damaged))))
+  assert quiet.filter(task_record(_exc_info_raised_in(asyncio_file, ValueError("DATA_LOSS"))))
   assert cli._late_checkpoint_callback(RuntimeError("Event loop is closed"))
   assert not cli._late_checkpoint_callback(RuntimeError("Event loop is running"))
   assert not cli._late_checkpoint_callback(ValueError("Event loop is closed"))
