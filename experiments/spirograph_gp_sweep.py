@@ -45,6 +45,12 @@ SETTINGS = {
     "long": Setting("cpu", (("num_epochs", "20"),), "width 8, 20 epochs (1280 steps), AdamW"),
     "wide": Setting("cpu", (("model.width", "16"), ("num_epochs", "10")),
                     "width 16, 10 epochs (640 steps), AdamW"),
+    # The clip U near where P has fallen to after ~50 steps (docs/method.md §11.6): the min(U, P)
+    # passes no gradient while P > U, so the penalty only acts once the encoder has left the
+    # early high-P regime.
+    "cpu_clip50": Setting("cpu", (("invariance.clip", "50"),),
+                          "width 8, 320 steps, AdamW, clip U = 50 instead of 1000 "
+                          "(no λ = 0 runs: there the clip plays no part, see `cpu`)"),
     # The invariance paper's optimiser and projector (docs/method.md §11.4) at the `cpu` size:
     # lr = 1.5 · batch / 256, a 1-epoch ramp (10 of their 50 epochs) then cosine to 0 per epoch.
     "cpu_lars": Setting("cpu", (("optim.name", "lars"), ("optim.schedule", "epoch_ramp_cosine"),

@@ -65,13 +65,15 @@ def float64():
 class _NoTensorBoard:
   """Stands in for the TensorBoard writer, which would import TensorFlow."""
 
-  def __init__(self, logdir):
-    del logdir
+  dropped = 0
+
+  def __init__(self, logdir, resume_step=None):
+    del logdir, resume_step
 
   def write(self, step, scalars):
     del step, scalars
 
-  def flush(self):
+  def close(self):
     pass
 
 

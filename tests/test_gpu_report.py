@@ -55,12 +55,38 @@ def test_compare_against_hand_computed_ratios():
   assert "| SimCLR, 32 px | 38.0 | 57.0 | 57 | 49 | ≤ 19 | 2.00 |" in markdown
 
 
+def test_a_config_variant_is_timed_beside_its_case_and_can_be_the_best():
+  plain = _row("thresh_stl_j20", "bf16", 50.35)
+  variant = dict(_row("thresh_stl_j20", "bf16", 41.0), variant="bf16_generators")
+  result = gpu_report.compare({"bench": {"rows": [plain, variant]}})
+  j20 = {g["case"]: g for g in result["goals"]}["thresh_stl_j20"]
+  assert j20["bf16_ms"] == 50.35  # the plain row stays the bf16 column
+  assert j20["variants_ms"] == {"bf16 + bf16_generators": 41.0}
+  assert j20["best_of"] == "bf16 + bf16_generators" and j20["best_ms"] == 41.0
+  assert j20["best_over_goal"] == pytest.approx(41 / 50) and j20["goal_met"] is True
+  assert j20["speedup_vs_ref_bf16"] == pytest.approx(141 / 50.35)  # plain against plain
+  selection = result["decisions"]["bf16_selection"]
+  assert (selection["step_ms"], selection["step_bf16_generators_ms"]) == (50.35, 41.0)
+  markdown = gpu_report.render_markdown(dict(
+      command="c", dry_run=False, started="s", host="h", budget_s=1,
+      parts={"bench": {"rows": [plain, variant], "cases": []}, "compare": result}))
+  assert "| 0.82 (bf16 + bf16_generators) |" in markdown
+  # Without the variant's row, the plain step decides, and misses.
+  alone = {g["case"]: g for g in gpu_report.compare({"bench": {"rows": [plain]}})["goals"]}
+  assert alone["thresh_stl_j20"]["goal_met"] is False
+  assert alone["thresh_stl_j20"]["best_of"] == "bf16"
+
+
 def test_default_plan_puts_the_goal_rows_first_and_fits_eight_minutes():
   plan = gpu_report.bench_plan(dry_run=False)
   labels = [c.label for c in plan]
   goal_cases = list(gpu_report.REFERENCE)
   assert labels[:len(goal_cases)] == [f"{c}:bf16" for c in goal_cases]
   assert {f"{c}:fp32" for c in goal_cases} <= set(labels)
+  # The bf16-generator step follows the bf16 goal rows, before the float32 ones.
+  variant = labels.index("thresh_stl_j20:bf16:bf16_generators")
+  assert len(goal_cases) <= variant < min(labels.index(f"{c}:fp32") for c in goal_cases)
+  assert "--set=manifold.best_of_j_dtype=bfloat16" in plan[variant].args
   args = gpu_report.parse_args(["--out=x"])
   # Every part's time is cut at the budget's deadline, so the budget bounds the run: under
   # 8 minutes with room for the start of the processes and the last report. The caps are safety

@@ -225,7 +225,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if dropped:
       logging.info("metrics.jsonl: dropped %d row(s) after step %d (logged again now).", dropped,
                    start_step)
-    tensorboard = metrics_lib.TensorBoardWriter(workdir)
+    tensorboard = metrics_lib.TensorBoardWriter(workdir, resume_step=start_step)
+    if tensorboard.dropped:
+      logging.info("TensorBoard: dropped %d event(s) after step %d (logged again now).",
+                   tensorboard.dropped, start_step)
   progress = metrics_lib.Progress(start_step, total_steps, images_per_step=2 * config.batch_size)
   logging.info("Training %s on %s for %d steps (%d per epoch) on %d %s device(s) in %s "
                "(config.half_precision=%s), from step %d.", config.method, config.data.name,
@@ -303,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       manager.close()
       gc.unfreeze()
   if tensorboard is not None:
-    tensorboard.flush()
+    tensorboard.close()
   return state
 
 

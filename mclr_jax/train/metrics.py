@@ -7,8 +7,8 @@ checkpoint boundary, so between them the training loop never waits for the devic
 `metrics.jsonl` (one JSON object per logged step or evaluation, always with "step") is always
 written; on resume, rows after the restored step are dropped (`JsonlWriter.truncate_after`), so
 every step appears once. TensorBoard summaries are written through `clu.metric_writers` when
-TensorFlow is installed; clu's writers import TensorFlow, so they are imported lazily here and never
-by the training core.
+TensorFlow is installed, and their event files get the same truncation on resume; clu's writers
+import TensorFlow, so they are imported lazily here and never by the training core.
 """
 
 import functools
@@ -130,24 +130,74 @@ def _to_json_number(v):
 
 
 class TensorBoardWriter:
-  """clu's SummaryWriter if TensorFlow/TensorBoard are importable, else a no-op with one notice."""
+  """clu's SummaryWriter if TensorFlow/TensorBoard are importable, else a no-op with one notice.
 
-  def __init__(self, logdir: str):
+  `resume_step`: the event files already in `logdir` first lose every event logged after that step
+  (`truncate_event_files`), as metrics.jsonl does, so a resumed run shows each step once.
+  """
+
+  def __init__(self, logdir: str, resume_step: Optional[int] = None):
     self._writer = None
+    self.dropped = 0
     try:
       from clu import metric_writers  # imports TensorFlow
-      self._writer = metric_writers.SummaryWriter(logdir)
     except ImportError as e:  # the core must run without TensorFlow
       logging.info("TensorBoard summaries off (%s); metrics.jsonl is still written. "
                    "Install them with: pip install -e '.[tf]'", e)
+      return
+    if resume_step is not None:
+      self.dropped = truncate_event_files(logdir, resume_step)
+    self._writer = metric_writers.SummaryWriter(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]):
     if self._writer is not None:
       self._writer.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
+      self._writer.flush()  # like metrics.jsonl: a killed run keeps every row it logged
 
-  def flush(self):
+  def close(self):
+    """Flushes and closes the event file (the end of a run)."""
     if self._writer is not None:
-      self._writer.flush()
+      self._writer.close()
+      self._writer = None
+
+
+def truncate_event_files(logdir: str, step: int) -> int:
+  """Drops the events logged after `step` from every TensorBoard event file in `logdir`.
+
+  TensorBoard's own answer to a restarted run (purging on a step that goes backwards, or on a
+  SessionLog START event) depends on the reader and its flags; rewriting the files holds for every
+  reader. A file's unreadable tail (a run killed while writing) is dropped too. Each file is
+  rewritten to a temporary name and renamed over the original, so a crash here loses nothing.
+  Returns how many events were dropped. Needs TensorFlow (only called where clu's writer is used).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (the edges only)
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+  dropped = 0
+  for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    kept, total, damaged = [], 0, False
+    records = iter(tf.data.TFRecordDataset(path))
+    while True:
+      try:
+        record = next(records)
+      except StopIteration:
+        break
+      except tf.errors.DataLossError:  # a partial last record
+        damaged = True
+        break
+      total += 1
+      event = event_pb2.Event.FromString(record.numpy())
+      if event.step <= step:
+        kept.append(record.numpy())
+    if len(kept) == total and not damaged:
+      continue
+    tmp = os.path.join(logdir, ".truncating." + os.path.basename(path))
+    with tf.io.TFRecordWriter(tmp) as writer:
+      for record in kept:
+        writer.write(record)
+    os.replace(tmp, path)
+    dropped += total - len(kept)
+  return dropped
 
 
 class Progress:

@@ -1,8 +1,10 @@
 """Training metrics: the device-side window (averages against float64 numpy, the first non-finite
-step and its checks), metrics.jsonl repair on resume, throughput/ETA against a fake clock, and the
+step and its checks), metrics.jsonl and TensorBoard event-file repair on resume, throughput/ETA against a fake clock, and the
 console line's fields."""
 
+import glob
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -119,3 +121,38 @@ def test_time_dispatch_reports_launch_and_step_time():
 
   timing = metrics_lib.time_dispatch(dispatch, num_steps=5)
   assert 0 < timing["dispatch_ms"] <= timing["step_ms"]
+
+
+def _scalar_events(logdir):
+  """(tag, step, value) of every scalar in every event file, read by TensorFlow's own iterator."""
+  tf = pytest.importorskip("tensorflow", reason="TensorBoard event files need TensorFlow")
+  rows = []
+  for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        rows.append((value.tag, event.step, float(tf.make_ndarray(value.tensor))))
+  return rows
+
+
+def test_tensorboard_resume_keeps_each_step_once_and_repairs_a_partial_record(tmp_path):
+  pytest.importorskip("tensorflow", reason="TensorBoard event files need TensorFlow")
+  logdir = str(tmp_path)
+  first = metrics_lib.TensorBoardWriter(logdir)
+  for step in (5, 10, 15, 20):
+    first.write(step, {"loss": 1.0 / step})
+  first.close()
+  [path] = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+  with open(path, "ab") as f:
+    f.write(b"\x1a\x00\x00\x00\x00\x00\x00\x00\x07")  # a record cut short by a kill
+  resumed = metrics_lib.TensorBoardWriter(logdir, resume_step=10)
+  assert resumed.dropped == 2  # steps 15 and 20; the partial record is dropped without a count
+  for step in (15, 20):
+    resumed.write(step, {"loss": 2.0 / step})
+  resumed.close()
+  rows = sorted(_scalar_events(logdir), key=lambda r: r[1])
+  assert [(tag, step) for tag, step, _ in rows] == [("loss", s) for s in (5, 10, 15, 20)]
+  np.testing.assert_allclose([v for *_, v in rows], [1 / 5, 1 / 10, 2 / 15, 2 / 20], rtol=1e-6)
+  assert not glob.glob(os.path.join(logdir, ".truncating.*"))
+  again = metrics_lib.TensorBoardWriter(logdir, resume_step=20)  # nothing after 20: files untouched
+  assert again.dropped == 0
+  again.close()
