@@ -11,11 +11,14 @@ TensorFlow is installed, and their event files get the same truncation on resume
 import TensorFlow, so they are imported lazily here and never by the training core.
 """
 
+import contextlib
+import errno
 import functools
 import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -145,20 +148,41 @@ class TensorBoardWriter:
       logging.info("TensorBoard summaries off (%s); metrics.jsonl is still written. "
                    "Install them with: pip install -e '.[tf]'", e)
       return
+    self._logdir = logdir
     if resume_step is not None:
       self.dropped = truncate_event_files(logdir, resume_step)
-    self._writer = metric_writers.SummaryWriter(logdir)
+    with _tensorflow_errors_as_os_errors(logdir):
+      self._writer = metric_writers.SummaryWriter(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]):
     if self._writer is not None:
-      self._writer.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
-      self._writer.flush()  # like metrics.jsonl: a killed run keeps every row it logged
+      with _tensorflow_errors_as_os_errors(self._logdir):
+        self._writer.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
+        self._writer.flush()  # like metrics.jsonl: a killed run keeps every row it logged
 
   def close(self):
     """Flushes and closes the event file (the end of a run)."""
     if self._writer is not None:
-      self._writer.close()
-      self._writer = None
+      writer, self._writer = self._writer, None
+      with _tensorflow_errors_as_os_errors(self._logdir):
+        writer.close()
+
+
+@contextlib.contextmanager
+def _tensorflow_errors_as_os_errors(path: str):
+  """TensorFlow reports a failed event-file write (a full disk, say) as its own error type, not an
+  OSError; raised as an OSError with the matching errno, the command line reports it in one line
+  naming the path and the fix, as it does for every other write."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless TensorFlow's)
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(e, tf.errors.OpError):
+      raise
+    text = str(e)
+    code = (errno.ENOSPC if "No space left on device" in text else
+            errno.EFBIG if "File too large" in text else errno.EIO)
+    raise OSError(code, os.strerror(code), path) from e
 
 
 def truncate_event_files(logdir: str, step: int) -> int:
@@ -192,10 +216,14 @@ def truncate_event_files(logdir: str, step: int) -> int:
     if len(kept) == total and not damaged:
       continue
     tmp = os.path.join(logdir, ".truncating." + os.path.basename(path))
-    with tf.io.TFRecordWriter(tmp) as writer:
-      for record in kept:
-        writer.write(record)
-    os.replace(tmp, path)
+    try:
+      with _tensorflow_errors_as_os_errors(path), tf.io.TFRecordWriter(tmp) as writer:
+        for record in kept:
+          writer.write(record)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):  # a failed rewrite: the original is untouched
+        os.remove(tmp)
     dropped += total - len(kept)
   return dropped
 

@@ -2,6 +2,7 @@
 step and its checks), metrics.jsonl and TensorBoard event-file repair on resume, throughput/ETA against a fake clock, and the
 console line's fields."""
 
+import errno
 import glob
 import json
 import os
@@ -156,3 +157,45 @@ def test_tensorboard_resume_keeps_each_step_once_and_repairs_a_partial_record(tm
   again = metrics_lib.TensorBoardWriter(logdir, resume_step=20)  # nothing after 20: files untouched
   assert again.dropped == 0
   again.close()
+
+
+def test_a_full_disk_under_tensorboard_is_an_os_error_and_keeps_the_event_file(tmp_path,
+                                                                                monkeypatch):
+  tf = pytest.importorskip("tensorflow", reason="TensorBoard event files need TensorFlow")
+  full = tf.errors.ResourceExhaustedError(None, None, "events.out; No space left on device")
+  logdir = str(tmp_path)
+  writer = metrics_lib.TensorBoardWriter(logdir)
+  writer.write(1, {"loss": 1.0})
+  writer.write(2, {"loss": 0.5})
+  monkeypatch.setattr(writer._writer, "flush", lambda: (_ for _ in ()).throw(full))
+  with pytest.raises(OSError) as raised:  # the command line reports OSErrors in one line
+    writer.write(3, {"loss": 0.25})
+  assert raised.value.errno == errno.ENOSPC and raised.value.filename == logdir
+  monkeypatch.undo()
+  writer.close()
+  [path] = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+  before = open(path, "rb").read()
+
+  class FullDiskWriter:  # a TFRecordWriter on a full disk
+    def __init__(self, tmp):
+      open(tmp, "wb").close()
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def write(self, record):
+      raise full
+
+  monkeypatch.setattr(tf.io, "TFRecordWriter", FullDiskWriter)
+  with pytest.raises(OSError) as raised:
+    metrics_lib.truncate_event_files(logdir, 1)
+  assert raised.value.errno == errno.ENOSPC and raised.value.filename == path
+  assert open(path, "rb").read() == before  # the original is untouched
+  assert os.listdir(logdir) == [os.path.basename(path)]  # and no temporary file is left
+  monkeypatch.setattr(tf.io, "TFRecordWriter",
+                      lambda tmp: (_ for _ in ()).throw(ValueError("not TensorFlow's")))
+  with pytest.raises(ValueError):  # other errors are not relabelled
+    metrics_lib.truncate_event_files(logdir, 1)
