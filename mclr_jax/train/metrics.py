@@ -101,7 +101,7 @@ class JsonlWriter:
   def write(self, step: int, scalars: Mapping[str, float], kind: str = "train"):
     record = {"step": int(step), "kind": kind}
     record.update({k: _to_json_number(v) for k, v in scalars.items()})
-    with open(self.path, "a") as f:
+    with _naming(self.path), open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
   def truncate_after(self, step: int) -> int:
@@ -121,10 +121,27 @@ class JsonlWriter:
       if isinstance(record, dict) and int(record.get("step", -1)) <= step:
         kept.append(line)
     if len(kept) < len(lines):
-      with open(self.path + ".tmp", "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-      os.replace(self.path + ".tmp", self.path)
+      tmp = self.path + ".tmp"
+      try:
+        with _naming(self.path), open(tmp, "w") as f:
+          f.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+      finally:
+        if os.path.exists(tmp):  # a failed rewrite (a full disk): the original is untouched
+          os.remove(tmp)
     return len(lines) - len(kept)
+
+
+@contextlib.contextmanager
+def _naming(path: str):
+  """Python's file writes raise OSErrors without the file's name (a full disk, say): adds it, so
+  the command line's one-line error says which file."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename:
+      raise
+    raise OSError(e.errno, e.strerror, path) from e
 
 
 def _to_json_number(v):

@@ -67,3 +67,4 @@ def test_a_full_disk_ends_in_one_line_each_time(tmp_path, cache_dir, reference):
     assert line.startswith("error: ") and any(
         cause in line for cause in ("No space left on device", "File too large",
                                     "File size limit")), line
+    assert str(workdir) in line, line  # it names the file or folder it could not write

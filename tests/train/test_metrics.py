@@ -199,3 +199,26 @@ def test_a_full_disk_under_tensorboard_is_an_os_error_and_keeps_the_event_file(t
                       lambda tmp: (_ for _ in ()).throw(ValueError("not TensorFlow's")))
   with pytest.raises(ValueError):  # other errors are not relabelled
     metrics_lib.truncate_event_files(logdir, 1)
+
+
+def test_a_failed_metrics_rewrite_names_the_file_and_keeps_it(tmp_path, monkeypatch):
+  path = tmp_path / "metrics.jsonl"
+  writer = metrics_lib.JsonlWriter(str(path))
+  for step in (5, 10):
+    writer.write(step, {"loss": 1.0 / step})
+  before = path.read_text()
+  real_open = open
+
+  def full_disk_open(name, mode="r", *args, **kwargs):
+    handle = real_open(name, mode, *args, **kwargs)
+    if "w" in mode or "a" in mode:
+      handle.write = lambda text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left"))
+    return handle
+
+  monkeypatch.setattr("builtins.open", full_disk_open)
+  for call in (lambda: writer.truncate_after(5), lambda: writer.write(15, {"loss": 0.1})):
+    with pytest.raises(OSError) as raised:
+      call()
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)
+  monkeypatch.undo()
+  assert path.read_text() == before and os.listdir(tmp_path) == ["metrics.jsonl"]
