@@ -11,7 +11,9 @@ Exit codes of every mclr_jax program: 0 success; 1 an error about the input or e
 143 (= 128 + SIGTERM) preempted: a checkpoint was saved, rerun the same command to resume.
 """
 
+import contextlib
 import errno
+import os
 
 USAGE_EXIT_CODE = 2
 # What a process killed by SIGTERM reports (128 + 15): schedulers that requeue preempted jobs
@@ -59,3 +61,19 @@ def disk_error_reason(e: BaseException):
         return reason
     e = e.__cause__ or e.__context__
   return None
+
+
+@contextlib.contextmanager
+def writing_file(path: str, tmp: str = ""):
+  """Around a write of `path`: Python's file writes raise OSErrors without the file's name (a full
+  disk fails at `write` or `close`), so the name is added and the one-line error says which file;
+  `tmp`, the temporary file a rewrite goes through, is removed if the write fails, so the original
+  stays as it was and nothing half-written is left."""
+  try:
+    yield
+  except OSError as e:
+    if tmp and os.path.exists(tmp):
+      os.remove(tmp)
+    if e.filename:
+      raise
+    raise OSError(e.errno, e.strerror, path) from e

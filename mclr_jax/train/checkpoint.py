@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from mclr_jax.errors import UserFacingError, disk_error_reason
+from mclr_jax.errors import UserFacingError, disk_error_reason, writing_file
 from mclr_jax.train.state import TrainState
 
 # orbax's marker of a finished checkpoint (orbax.checkpoint._src.path.atomicity_types), written by
@@ -326,9 +326,10 @@ def write_config(workdir: str, config: ml_collections.ConfigDict):
       raise CheckpointError(
           f"{workdir} holds checkpoints of a run with another config ({changes}); they would not "
           f"fit. Use the run's values, or a new --workdir.")
-  with open(path + ".tmp", "w") as f:
-    json.dump(new, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  with writing_file(path, path + ".tmp"):
+    with open(path + ".tmp", "w") as f:
+      json.dump(new, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

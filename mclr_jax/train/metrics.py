@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
+from mclr_jax import errors
+
 NONFINITE_PREFIX = "nonfinite/"
 
 
@@ -101,7 +103,7 @@ class JsonlWriter:
   def write(self, step: int, scalars: Mapping[str, float], kind: str = "train"):
     record = {"step": int(step), "kind": kind}
     record.update({k: _to_json_number(v) for k, v in scalars.items()})
-    with _naming(self.path), open(self.path, "a") as f:
+    with errors.writing_file(self.path), open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
   def truncate_after(self, step: int) -> int:
@@ -122,26 +124,11 @@ class JsonlWriter:
         kept.append(line)
     if len(kept) < len(lines):
       tmp = self.path + ".tmp"
-      try:
-        with _naming(self.path), open(tmp, "w") as f:
+      with errors.writing_file(self.path, tmp):
+        with open(tmp, "w") as f:
           f.write("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
-      finally:
-        if os.path.exists(tmp):  # a failed rewrite (a full disk): the original is untouched
-          os.remove(tmp)
     return len(lines) - len(kept)
-
-
-@contextlib.contextmanager
-def _naming(path: str):
-  """Python's file writes raise OSErrors without the file's name (a full disk, say): adds it, so
-  the command line's one-line error says which file."""
-  try:
-    yield
-  except OSError as e:
-    if e.filename:
-      raise
-    raise OSError(e.errno, e.strerror, path) from e
 
 
 def _to_json_number(v):
@@ -233,14 +220,11 @@ def truncate_event_files(logdir: str, step: int) -> int:
     if len(kept) == total and not damaged:
       continue
     tmp = os.path.join(logdir, ".truncating." + os.path.basename(path))
-    try:
+    with errors.writing_file(path, tmp):
       with _tensorflow_errors_as_os_errors(path), tf.io.TFRecordWriter(tmp) as writer:
         for record in kept:
           writer.write(record)
       os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):  # a failed rewrite: the original is untouched
-        os.remove(tmp)
     dropped += total - len(kept)
   return dropped
 

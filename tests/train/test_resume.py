@@ -1,6 +1,7 @@
 """Kill-and-resume: a run stopped by SIGTERM and rerun ends bit-for-bit where an uninterrupted run
 ends (same state, same logged rows, each step logged once), and the config lock on resume."""
 
+import errno
 import json
 import os
 
@@ -117,3 +118,21 @@ def test_config_of_a_workdir_without_checkpoints_is_not_locked(tmp_path):
   checkpoint.write_config(workdir, changed)
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["width"] == 8
+
+
+def test_config_json_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  checkpoint.write_config(workdir, tiny_spirograph_config())
+  path = os.path.join(workdir, "config.json")
+  before = open(path).read()
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a write or close raises it
+
+  monkeypatch.setattr(json, "dump", full_disk)
+  changed = tiny_spirograph_config()
+  changed.model.width = 8
+  with pytest.raises(OSError) as raised:
+    checkpoint.write_config(workdir, changed)
+  assert raised.value.errno == errno.ENOSPC and raised.value.filename == path
+  assert open(path).read() == before and os.listdir(workdir) == ["config.json"]
