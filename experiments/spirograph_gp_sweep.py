@@ -11,6 +11,8 @@ from the setting's config), and skips runs whose results.json exists (an interru
 from its checkpoint). Runs are ordered baselines first. Then, over every run found under ROOT, it
 writes a markdown table (OUT_MD) and a plot (OUT_PNG) of the probe's content MSE, single view and
 with feature averaging, against λ, mean ± standard deviation over seeds, one panel per setting.
+Each run records the commit it was trained with (`git describe --always --dirty`); the table lists
+it per run and flags a setting whose runs come from more than one.
 
 A setting is a config variant of configs/spirograph.py plus overrides; `--define` adds one, so a new
 recipe (e.g. another optimiser preset) is one more row. Cost on a shared 2-core CPU: about 5 min per
@@ -102,6 +104,16 @@ def _floats(values, flag):
     raise SweepError(f"--{flag}={','.join(values)}: {e}; give comma-separated numbers.") from None
 
 
+def code_version() -> str:
+  """The commit the runs are trained with (`git describe --always --dirty`), or "unknown"."""
+  try:
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
+  except OSError:
+    return "unknown"
+  return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
 def run_dir(root: str, setting: str, weight: float, seed: int) -> str:
   return os.path.join(root, setting, f"lam{weight:g}_seed{seed}")
 
@@ -115,7 +127,8 @@ def train(setting_name: str, setting: Setting, weight: float, seed: int, grad_sh
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "sweep_run.json"), "w") as f:
     json.dump({"setting": setting_name, "variant": setting.variant,
-               "overrides": dict(setting.overrides), "weight": weight, "seed": seed}, f)
+               "overrides": dict(setting.overrides), "weight": weight, "seed": seed,
+               "code": code_version()}, f)
   command = [sys.executable, "-m", "mclr_jax.main",
              f"--config={REPO}/configs/spirograph.py:{setting.variant}",
              f"--workdir={os.path.abspath(workdir)}", f"--config.seed={seed}",
@@ -144,6 +157,7 @@ def read_run(workdir: str) -> Optional[dict]:
     train_records = [r for r in map(json.loads, f) if r["kind"] == "train"]
   first, last = train_records[0], train_records[-1]
   shares = [r["penalty_grad_share"] for r in train_records if "penalty_grad_share" in r]
+  run.setdefault("code", None)  # runs from before the sweep recorded it
   return dict(run, single=results["trained/single"]["mse_mean"], fa=results[fa]["mse_mean"],
               fa_copies=int(fa[len("trained/fa"):]), m_single=results["trained/single"]["mse/m"],
               m_fa=results[fa]["mse/m"], random=results["random/single"]["mse_mean"],
@@ -212,16 +226,22 @@ def markdown(runs: list[dict], settings: dict, plot_path: Optional[str] = None) 
                                                           "random", "contrastive")]
       lines.append(f"| {weight:g} | {','.join(str(r['seed']) for r in rows)} | "
                    + " | ".join(cells) + " |")
-    lines += ["", "Per run (penalty and its gradient share: first → last logged value):", "",
-              "| λ | seed | single | FA | first grad norm | penalty | penalty grad share |",
-              "|---|---|---|---|---|---|---|"]
+    versions = sorted({r["code"] or "not recorded" for r in group})
+    if len(versions) > 1:
+      lines += ["", f"Runs of this setting were trained with {len(versions)} code versions "
+                f"({', '.join(versions)}); compare across them only within the seed spread."]
+    lines += ["", "Per run (penalty and its gradient share: first → last logged value; code: the "
+              "commit trained with):", "",
+              "| λ | seed | single | FA | first grad norm | penalty | penalty grad share | code |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(group, key=lambda r: (r["weight"], r["seed"])):
       penalty = (f"{_fmt(r['penalty_first'], '.4g')} → {_fmt(r['penalty_last'], '.4g')}"
                  if r["penalty_first"] is not None else "–")
       share = (f"{_fmt(r['share_first'], '.3f')} → {_fmt(r['share_last'], '.3f')}"
                if r["share_first"] is not None else "–")
       lines.append(f"| {r['weight']:g} | {r['seed']} | {r['single']:.4f} | {r['fa']:.4f} | "
-                   f"{r['grad_norm_first']:.3g} | {penalty} | {share} |")
+                   f"{r['grad_norm_first']:.3g} | {penalty} | {share} | "
+                   f"{r['code'] or 'not recorded'} |")
     lines.append("")
   return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """The gradient-penalty experiment scripts (docs/method.md §11.6): the sweep's report is the mean
-and sample standard deviation of its runs' numbers, with each setting's command, and the
-diagnostics read only checkpoints orbax finished writing."""
+and sample standard deviation of its runs' numbers, with each setting's command and the commit
+each run was trained with, and the diagnostics read only checkpoints orbax finished writing."""
 
 import importlib.util
 import json
@@ -27,7 +27,7 @@ def _load(name):
   return module
 
 
-def _fake_run(root, setting, weight, seed, rng):
+def _fake_run(root, setting, weight, seed, rng, code="abc1234"):
   """A finished sweep run as the sweep reads it: sweep_run.json, results.json, metrics.jsonl."""
   workdir = root / setting / f"lam{weight:g}_seed{seed}"
   workdir.mkdir(parents=True)
@@ -35,7 +35,8 @@ def _fake_run(root, setting, weight, seed, rng):
   results = {"trained/single": probe(), "trained/fa5": probe(), "random/single": probe(),
              "random/fa5": probe()}
   (workdir / "sweep_run.json").write_text(json.dumps(
-      {"setting": setting, "variant": "cpu", "overrides": {}, "weight": weight, "seed": seed}))
+      {"setting": setting, "variant": "cpu", "overrides": {}, "weight": weight, "seed": seed,
+       **({"code": code} if code else {})}))
   (workdir / "results.json").write_text(json.dumps({"step": 8, "results": results}))
   rows = [{"kind": "train", "step": s, "contrastive": 4.0 - s / 10, "grad_norm": 3.0,
            **({"penalty": 100.0 / s} if weight else {})} for s in (4, 8)]
@@ -67,8 +68,41 @@ def test_sweep_report_is_the_mean_and_sample_std_of_the_runs(tmp_path):
   row = next(line for line in text.splitlines() if line.startswith("| 0.01 | 0 | "))
   assert "| 25 → 12.5 |" in row, row
   row = next(line for line in text.splitlines() if line.startswith("| 0 | 0 | "))
-  assert row.endswith("| – | – |"), row
+  assert row.endswith("| – | – | abc1234 |"), row
+  assert "code versions" not in text  # one version: no caveat
   assert_png(png)
+
+
+def test_sweep_report_names_the_code_versions_a_setting_mixes(tmp_path):
+  rng = np.random.default_rng(1)
+  root = tmp_path / "runs"
+  _fake_run(root, "cpu", 0.0, 0, rng, code="abc1234")
+  _fake_run(root, "cpu", 0.0, 1, rng, code=None)  # trained before the sweep recorded it
+  _fake_run(root, "long", 0.0, 0, rng, code="abc1234")
+  md = tmp_path / "sweep.md"
+  done = _sweep("--report_only", f"--root={root}", f"--out_md={md}",
+                f"--out_png={tmp_path / 'sweep.png'}")
+  assert done.returncode == 0, done.stderr
+  text = md.read_text()
+  cpu, long = text.split("## `long`")
+  assert "trained with 2 code versions (abc1234, not recorded)" in cpu
+  assert "code versions" not in long
+  assert "| 0 | 1 | " in cpu and cpu.count("| not recorded |") == 1
+
+
+def test_sweep_records_the_commit_it_trains_with(tmp_path, monkeypatch):
+  sweep = _load("spirograph_gp_sweep")
+  commands = []
+  monkeypatch.setattr(sweep.subprocess, "call", lambda command, **kw: commands.append(command) or 0)
+  setting = sweep.SETTINGS["cpu_clip50"]
+  assert sweep.train("cpu_clip50", setting, 0.01, 3, False, str(tmp_path)) is None
+  assert "--config.invariance.clip=50" in commands[0] and "--config.seed=3" in commands[0]
+  run = json.loads((tmp_path / "cpu_clip50" / "lam0.01_seed3" / "sweep_run.json").read_text())
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+  if head.returncode != 0:  # not a git checkout (an unpacked archive)
+    assert run["code"] == "unknown"
+  else:  # the abbreviated commit, "-dirty" when the tree has uncommitted changes
+    assert head.stdout.strip().startswith(run["code"].removesuffix("-dirty")), run["code"]
 
 
 def test_sweep_without_finished_runs_is_one_line_and_non_zero(tmp_path):
