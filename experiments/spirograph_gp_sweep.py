@@ -210,7 +210,8 @@ def markdown(runs: list[dict], settings: dict, plot_path: Optional[str] = None) 
            "standard deviation over seeds (a single seed has no spread); FA = test-time feature "
            "averaging (docs/method.md §12). The decompositions quoted in §11.6 come from "
            "`python experiments/spirograph_gp_diagnostics.py` (its docstring has the command for "
-           "trained encoders).", ""]
+           "trained encoders). Each run names the commit it was trained with; \"not recorded\" "
+           "marks runs trained before the sweep kept that record.", ""]
   if plot_path:
     lines += [f"![content MSE against λ, one panel per setting]({plot_path})", ""]
   for name in sorted({r["setting"] for r in runs}):
