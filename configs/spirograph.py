@@ -12,10 +12,11 @@ Variants (`--config=configs/spirograph.py:<variant>`):
   gp           + the gradient-penalty regulariser, λ = 0.01, clip U = 1000: the paper's values
                (docs/method.md §11). At this CPU scale it makes the encoder worse, the reverse of
                the paper. Over seeds 0–2 (docs/spirograph_gp_sweep.md), the content MSE is
-               0.098 ± 0.017 for a single view and 0.056 ± 0.024 with FA, against 0.036 ± 0.005 and
-               0.022 ± 0.005 without the penalty. The single-view number is worse than a random
-               encoder (0.090). FA still lowers the error. λ = 1e-3 also hurts (0.064 / 0.042).
-               λ = 1e-4 is the largest tried that does not (0.036 / 0.022).
+               0.098 ± 0.022 for a single view and 0.054 ± 0.023 with FA, against 0.035 ± 0.004 and
+               0.022 ± 0.003 without the penalty. The single-view number is worse than a random
+               encoder (0.088). FA still lowers the error. λ = 1e-3 also hurts (0.064 / 0.042).
+               λ = 1e-4 is the largest tried that does not (0.036 / 0.022). A clip U = 50 removes
+               most of the harm (λ = 0.01: 0.051 / 0.032) but gives no gain either.
                The cause, as measured (docs/method.md §11.6): the first-order penalty is ~1000 at
                initialisation, against a true view-to-view variance below 4. 99% of it comes from
                h, whose image change is nearly opposite to m's. The narrow encoder lowers it by
