@@ -3,9 +3,10 @@
   python -m mclr_jax.main --config=configs/spirograph.py --workdir=runs/spirograph
 
 Default ("cpu"): SimCLR on a narrow ResNet-18 (width 8, 64-d features) with 8k training draws,
-5 epochs (320 steps of batch 128), sized to finish in a few minutes on a 2-core CPU. It ends with a table of the downstream linear-regression
-MSE on the content targets (m, b, σ, f_r) for the trained encoder vs a randomly initialised one,
-with and without test-time feature averaging, written to WORKDIR/results.json.
+5 epochs (320 steps of batch 128), sized to finish in a few minutes on a 2-core CPU. It ends with a
+table of the downstream linear-regression MSE on the content targets (m, b, σ, f_r) for the trained
+encoder vs a randomly initialised one, with and without test-time feature averaging, written to
+WORKDIR/results.json.
 
 Variants (`--config=configs/spirograph.py:<variant>`):
   cpu          the default above (invariance weight 0: the SimCLR baseline)

@@ -11,8 +11,8 @@ from the setting's config), and skips runs whose results.json exists (an interru
 from its checkpoint). Runs are ordered baselines first. Then, over every run found under ROOT, it
 writes a markdown table (OUT_MD) and a plot (OUT_PNG) of the probe's content MSE, single view and
 with feature averaging, against λ, mean ± standard deviation over seeds, one panel per setting.
-Each run records the commit it was trained with (`git describe --always --dirty`); the table lists
-it per run and flags a setting whose runs come from more than one.
+Each run records the commit it was trained with (both, joined by "+", for a run resumed under
+another); the table lists it per run and flags a setting whose runs come from more than one.
 
 A setting is a config variant of configs/spirograph.py plus overrides; `--define` adds one, so a new
 recipe (e.g. another optimiser preset) is one more row. Cost on a shared 2-core CPU: about 5 min per
@@ -105,13 +105,19 @@ def _floats(values, flag):
 
 
 def code_version() -> str:
-  """The commit the runs are trained with (`git describe --always --dirty`), or "unknown"."""
+  """The commit the runs are trained with (abbreviated, "-dirty" with uncommitted changes to
+  tracked files), or "unknown" outside a git checkout."""
+  def git(*args):
+    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+    return done.stdout.strip() if done.returncode == 0 else None
   try:
-    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
-  except OSError:
+    commit = git("rev-parse", "--short", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no")
+  except OSError:  # no git
     return "unknown"
-  return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+  if not commit:
+    return "unknown"
+  return commit + ("-dirty" if changes else "")
 
 
 def run_dir(root: str, setting: str, weight: float, seed: int) -> str:
@@ -125,10 +131,16 @@ def train(setting_name: str, setting: Setting, weight: float, seed: int, grad_sh
   if os.path.exists(os.path.join(workdir, "results.json")):
     return None
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "sweep_run.json"), "w") as f:
+  record = os.path.join(workdir, "sweep_run.json")
+  code = code_version()
+  if os.path.exists(record):  # an interrupted run, resumed: its first steps ran the earlier code
+    with open(record) as f:
+      started = json.load(f).get("code") or "not recorded"
+    code = started if started == code else f"{started}+{code}"
+  with open(record, "w") as f:
     json.dump({"setting": setting_name, "variant": setting.variant,
                "overrides": dict(setting.overrides), "weight": weight, "seed": seed,
-               "code": code_version()}, f)
+               "code": code}, f)
   command = [sys.executable, "-m", "mclr_jax.main",
              f"--config={REPO}/configs/spirograph.py:{setting.variant}",
              f"--workdir={os.path.abspath(workdir)}", f"--config.seed={seed}",

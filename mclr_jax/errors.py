@@ -14,6 +14,7 @@ Exit codes of every mclr_jax program: 0 success; 1 an error about the input or e
 import contextlib
 import errno
 import os
+import sys
 
 USAGE_EXIT_CODE = 2
 # What a process killed by SIGTERM reports (128 + 15): schedulers that requeue preempted jobs
@@ -77,3 +78,25 @@ def writing_file(path: str, tmp: str = ""):
     if e.filename:
       raise
     raise OSError(e.errno, e.strerror, path) from e
+
+
+@contextlib.contextmanager
+def tensorflow_disk_errors(path: str):
+  """Around a TensorFlow file write (TensorBoard's event files): TensorFlow reports a failed write
+  as its own error type, not an OSError. Those about the disk (full, over quota, read-only,
+  permission denied) are raised as the OSError Python would raise for `path`, so the command line
+  reports them in one line; any other TensorFlow error is left as it is (a bug keeps its
+  traceback)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless a disk error)
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(e, tf.errors.OpError):
+      raise
+    if isinstance(e, tf.errors.PermissionDeniedError):
+      raise OSError(errno.EACCES, os.strerror(errno.EACCES), path) from e
+    reason = disk_error_reason(e)
+    if reason is None:
+      raise
+    code = next(c for c, text in _DISK_ERRORS.items() if text == reason)
+    raise OSError(code, reason, path) from e

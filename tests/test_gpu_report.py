@@ -71,6 +71,9 @@ def test_a_config_variant_is_timed_beside_its_case_and_can_be_the_best():
       command="c", dry_run=False, started="s", host="h", budget_s=1,
       parts={"bench": {"rows": [plain, variant], "cases": []}, "compare": result}))
   assert "| 0.82 (bf16 + bf16_generators) |" in markdown
+  assert j20["goal_met_default"] is False  # met only with the variant, and the table says so
+  assert "| yes (with bf16 + bf16_generators only) |" in markdown
+  assert j20["peak_gib"] == pytest.approx(1)  # the variant's rows count for the peak too
   # Without the variant's row, the plain step decides, and misses.
   alone = {g["case"]: g for g in gpu_report.compare({"bench": {"rows": [plain]}})["goals"]}
   assert alone["thresh_stl_j20"]["goal_met"] is False

@@ -97,12 +97,19 @@ def test_sweep_records_the_commit_it_trains_with(tmp_path, monkeypatch):
   setting = sweep.SETTINGS["cpu_clip50"]
   assert sweep.train("cpu_clip50", setting, 0.01, 3, False, str(tmp_path)) is None
   assert "--config.invariance.clip=50" in commands[0] and "--config.seed=3" in commands[0]
-  run = json.loads((tmp_path / "cpu_clip50" / "lam0.01_seed3" / "sweep_run.json").read_text())
-  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+  record = tmp_path / "cpu_clip50" / "lam0.01_seed3" / "sweep_run.json"
+  code = json.loads(record.read_text())["code"]
+  head = subprocess.run(["git", "log", "-1", "--format=%H"], cwd=REPO, capture_output=True,
+                        text=True)
   if head.returncode != 0:  # not a git checkout (an unpacked archive)
-    assert run["code"] == "unknown"
-  else:  # the abbreviated commit, "-dirty" when the tree has uncommitted changes
-    assert head.stdout.strip().startswith(run["code"].removesuffix("-dirty")), run["code"]
+    assert code == "unknown"
+  else:  # the abbreviated commit, "-dirty" when tracked files have uncommitted changes
+    assert len(code.removesuffix("-dirty")) >= 7
+    assert head.stdout.strip().startswith(code.removesuffix("-dirty")), code
+  # Resumed under another commit (its results.json not written yet): both are kept, in order.
+  record.write_text(json.dumps({**json.loads(record.read_text()), "code": "0000000"}))
+  assert sweep.train("cpu_clip50", setting, 0.01, 3, False, str(tmp_path)) is None
+  assert json.loads(record.read_text())["code"] == f"0000000+{code}"
 
 
 def test_sweep_without_finished_runs_is_one_line_and_non_zero(tmp_path):

@@ -141,3 +141,17 @@ def coloured_images(labels, rng):
   colours = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220]])
   noise = rng.integers(-30, 31, (len(labels), 32, 32, 3))
   return np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def tensorboard_scalars(logdir):
+  """[(tag, step, value)] of every scalar in LOGDIR's TensorBoard event files, in file order, read
+  by TensorFlow's own iterator; None without TensorFlow (runs then write no event files)."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  rows = []
+  for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      rows += [(v.tag, event.step, float(tf.make_ndarray(v.tensor))) for v in event.summary.value]
+  return rows

@@ -11,14 +11,11 @@ TensorFlow is installed, and their event files get the same truncation on resume
 import TensorFlow, so they are imported lazily here and never by the training core.
 """
 
-import contextlib
-import errno
 import functools
 import json
 import logging
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -29,6 +26,7 @@ import numpy as np
 from clu import metrics as clu_metrics
 
 from mclr_jax import errors
+from mclr_jax.train import event_files
 
 NONFINITE_PREFIX = "nonfinite/"
 
@@ -140,7 +138,7 @@ class TensorBoardWriter:
   """clu's SummaryWriter if TensorFlow/TensorBoard are importable, else a no-op with one notice.
 
   `resume_step`: the event files already in `logdir` first lose every event logged after that step
-  (`truncate_event_files`), as metrics.jsonl does, so a resumed run shows each step once.
+  (`event_files.truncate`), as metrics.jsonl does, so a resumed run shows each step once.
   """
 
   def __init__(self, logdir: str, resume_step: Optional[int] = None):
@@ -154,13 +152,13 @@ class TensorBoardWriter:
       return
     self._logdir = logdir
     if resume_step is not None:
-      self.dropped = truncate_event_files(logdir, resume_step)
-    with _tensorflow_errors_as_os_errors(logdir):
+      self.dropped = event_files.truncate(logdir, resume_step)
+    with errors.tensorflow_disk_errors(logdir):
       self._writer = metric_writers.SummaryWriter(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]):
     if self._writer is not None:
-      with _tensorflow_errors_as_os_errors(self._logdir):
+      with errors.tensorflow_disk_errors(self._logdir):
         self._writer.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
         self._writer.flush()  # like metrics.jsonl: a killed run keeps every row it logged
 
@@ -168,65 +166,8 @@ class TensorBoardWriter:
     """Flushes and closes the event file (the end of a run)."""
     if self._writer is not None:
       writer, self._writer = self._writer, None
-      with _tensorflow_errors_as_os_errors(self._logdir):
+      with errors.tensorflow_disk_errors(self._logdir):
         writer.close()
-
-
-@contextlib.contextmanager
-def _tensorflow_errors_as_os_errors(path: str):
-  """TensorFlow reports a failed event-file write (a full disk, say) as its own error type, not an
-  OSError; raised as an OSError with the matching errno, the command line reports it in one line
-  naming the path and the fix, as it does for every other write."""
-  try:
-    yield
-  except Exception as e:  # pylint: disable=broad-except  (re-raised unless TensorFlow's)
-    tf = sys.modules.get("tensorflow")
-    if tf is None or not isinstance(e, tf.errors.OpError):
-      raise
-    text = str(e)
-    code = (errno.ENOSPC if "No space left on device" in text else
-            errno.EFBIG if "File too large" in text else errno.EIO)
-    raise OSError(code, os.strerror(code), path) from e
-
-
-def truncate_event_files(logdir: str, step: int) -> int:
-  """Drops the events logged after `step` from every TensorBoard event file in `logdir`.
-
-  TensorBoard's own answer to a restarted run (purging on a step that goes backwards, or on a
-  SessionLog START event) depends on the reader and its flags; rewriting the files holds for every
-  reader. A file's unreadable tail (a run killed while writing) is dropped too. Each file is
-  rewritten to a temporary name and renamed over the original, so a crash here loses nothing.
-  Returns how many events were dropped. Needs TensorFlow (only called where clu's writer is used).
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (the edges only)
-  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-
-  dropped = 0
-  for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-    kept, total, damaged = [], 0, False
-    records = iter(tf.data.TFRecordDataset(path))
-    while True:
-      try:
-        record = next(records)
-      except StopIteration:
-        break
-      except tf.errors.DataLossError:  # a partial last record
-        damaged = True
-        break
-      total += 1
-      event = event_pb2.Event.FromString(record.numpy())
-      if event.step <= step:
-        kept.append(record.numpy())
-    if len(kept) == total and not damaged:
-      continue
-    tmp = os.path.join(logdir, ".truncating." + os.path.basename(path))
-    with errors.writing_file(path, tmp):
-      with _tensorflow_errors_as_os_errors(path), tf.io.TFRecordWriter(tmp) as writer:
-        for record in kept:
-          writer.write(record)
-      os.replace(tmp, path)
-    dropped += total - len(kept)
-  return dropped
 
 
 class Progress:

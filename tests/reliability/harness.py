@@ -84,20 +84,6 @@ def train_rows(workdir) -> list[dict]:
   return [r for r in rows if r["kind"] == "train"]
 
 
-def tensorboard_rows(workdir):
-  """[(tag, step, value)] of every scalar in WORKDIR's TensorBoard event files, in file order, read
-  by TensorFlow's own iterator; None without TensorFlow (the run then writes no event files)."""
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  rows = []
-  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      rows += [(v.tag, event.step, float(tf.make_ndarray(v.tensor))) for v in event.summary.value]
-  return rows
-
-
 def without_timing(rows):
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 

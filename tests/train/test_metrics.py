@@ -1,6 +1,6 @@
 """Training metrics: the device-side window (averages against float64 numpy, the first non-finite
-step and its checks), metrics.jsonl and TensorBoard event-file repair on resume, throughput/ETA against a fake clock, and the
-console line's fields."""
+step and its checks), metrics.jsonl and TensorBoard event-file repair on resume (and on a full
+disk), throughput/ETA against a fake clock, and the console line's fields."""
 
 import errno
 import glob
@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mclr_jax.train import event_files
 from mclr_jax.train import metrics as metrics_lib
+from tests.tiny import tensorboard_scalars
 
 CHECKS = ("data", "contrastive", "gradient", "params")
 
@@ -124,17 +126,6 @@ def test_time_dispatch_reports_launch_and_step_time():
   assert 0 < timing["dispatch_ms"] <= timing["step_ms"]
 
 
-def _scalar_events(logdir):
-  """(tag, step, value) of every scalar in every event file, read by TensorFlow's own iterator."""
-  tf = pytest.importorskip("tensorflow", reason="TensorBoard event files need TensorFlow")
-  rows = []
-  for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        rows.append((value.tag, event.step, float(tf.make_ndarray(value.tensor))))
-  return rows
-
-
 def test_tensorboard_resume_keeps_each_step_once_and_repairs_a_partial_record(tmp_path):
   pytest.importorskip("tensorflow", reason="TensorBoard event files need TensorFlow")
   logdir = str(tmp_path)
@@ -145,32 +136,70 @@ def test_tensorboard_resume_keeps_each_step_once_and_repairs_a_partial_record(tm
   [path] = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
   with open(path, "ab") as f:
     f.write(b"\x1a\x00\x00\x00\x00\x00\x00\x00\x07")  # a record cut short by a kill
+  # A rewrite's temporary file left by a kill: removed, and never read as events.
+  (tmp_path / event_files.TMP_NAME).write_bytes(b"partial")
   resumed = metrics_lib.TensorBoardWriter(logdir, resume_step=10)
   assert resumed.dropped == 2  # steps 15 and 20; the partial record is dropped without a count
   for step in (15, 20):
     resumed.write(step, {"loss": 2.0 / step})
   resumed.close()
-  rows = sorted(_scalar_events(logdir), key=lambda r: r[1])
+  rows = sorted(tensorboard_scalars(logdir), key=lambda r: r[1])
   assert [(tag, step) for tag, step, _ in rows] == [("loss", s) for s in (5, 10, 15, 20)]
   np.testing.assert_allclose([v for *_, v in rows], [1 / 5, 1 / 10, 2 / 15, 2 / 20], rtol=1e-6)
-  assert not glob.glob(os.path.join(logdir, ".truncating.*"))
-  again = metrics_lib.TensorBoardWriter(logdir, resume_step=20)  # nothing after 20: files untouched
-  assert again.dropped == 0
-  again.close()
+  assert not (tmp_path / event_files.TMP_NAME).exists()
+  files = {p: open(p, "rb").read() for p in glob.glob(os.path.join(logdir, "events.out.*"))}
+  assert event_files.truncate(logdir, 20) == 0  # nothing after step 20: the files are untouched
+  assert {p: open(p, "rb").read() for p in files} == files
+
+
+def test_event_file_truncation_repairs_a_partial_record_with_nothing_to_drop(tmp_path):
+  pytest.importorskip("tensorflow", reason="TensorBoard event files need TensorFlow")
+  logdir = str(tmp_path)
+  writer = metrics_lib.TensorBoardWriter(logdir)
+  writer.write(5, {"loss": 0.2})
+  writer.close()
+  [path] = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+  whole = open(path, "rb").read()
+  with open(path, "ab") as f:
+    f.write(b"\x1a\x00\x00")  # a kill inside the next record's length
+  assert event_files.truncate(logdir, 5) == 0
+  assert open(path, "rb").read() == whole  # exactly the partial record is gone
+  assert tensorboard_scalars(logdir) == [("loss", 5, pytest.approx(0.2))]
+
+
+def test_event_file_truncation_leaves_a_file_that_holds_no_events(tmp_path, caplog):
+  tf = pytest.importorskip("tensorflow", reason="TensorBoard event files need TensorFlow")
+  path = str(tmp_path / "events.out.tfevents.0.other")
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(b"\xff\xff\xff")  # a valid record whose payload is not an Event
+  before = open(path, "rb").read()
+  assert event_files.truncate(str(tmp_path), 0) == 0
+  assert open(path, "rb").read() == before
+  assert "does not hold TensorBoard events" in caplog.text
 
 
 def test_a_full_disk_under_tensorboard_is_an_os_error_and_keeps_the_event_file(tmp_path,
                                                                                 monkeypatch):
   tf = pytest.importorskip("tensorflow", reason="TensorBoard event files need TensorFlow")
   full = tf.errors.ResourceExhaustedError(None, None, "events.out; No space left on device")
+
+  def fail(error):
+    def raise_it(*args, **kwargs):
+      raise error
+    return raise_it
+
   logdir = str(tmp_path)
   writer = metrics_lib.TensorBoardWriter(logdir)
   writer.write(1, {"loss": 1.0})
   writer.write(2, {"loss": 0.5})
-  monkeypatch.setattr(writer._writer, "flush", lambda: (_ for _ in ()).throw(full))
+  monkeypatch.setattr(writer._writer, "flush", fail(full))
   with pytest.raises(OSError) as raised:  # the command line reports OSErrors in one line
     writer.write(3, {"loss": 0.25})
   assert raised.value.errno == errno.ENOSPC and raised.value.filename == logdir
+  invalid = tf.errors.InvalidArgumentError(None, None, "x")
+  monkeypatch.setattr(writer._writer, "flush", fail(invalid))
+  with pytest.raises(tf.errors.InvalidArgumentError):  # not a disk error: left as it is (a bug)
+    writer.write(4, {"loss": 0.125})
   monkeypatch.undo()
   writer.close()
   [path] = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
@@ -191,14 +220,14 @@ def test_a_full_disk_under_tensorboard_is_an_os_error_and_keeps_the_event_file(t
 
   monkeypatch.setattr(tf.io, "TFRecordWriter", FullDiskWriter)
   with pytest.raises(OSError) as raised:
-    metrics_lib.truncate_event_files(logdir, 1)
+    event_files.truncate(logdir, 1)
   assert raised.value.errno == errno.ENOSPC and raised.value.filename == path
   assert open(path, "rb").read() == before  # the original is untouched
   assert os.listdir(logdir) == [os.path.basename(path)]  # and no temporary file is left
-  monkeypatch.setattr(tf.io, "TFRecordWriter",
-                      lambda tmp: (_ for _ in ()).throw(ValueError("not TensorFlow's")))
+  monkeypatch.setattr(tf.io, "TFRecordWriter", fail(ValueError("not TensorFlow's")))
   with pytest.raises(ValueError):  # other errors are not relabelled
-    metrics_lib.truncate_event_files(logdir, 1)
+    event_files.truncate(logdir, 1)
+  assert os.listdir(logdir) == [os.path.basename(path)]
 
 
 def test_a_failed_metrics_rewrite_names_the_file_and_keeps_it(tmp_path, monkeypatch):
