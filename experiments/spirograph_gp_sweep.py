@@ -16,7 +16,8 @@ another); the table lists it per run and flags a setting whose runs come from mo
 
 A setting is a config variant of configs/spirograph.py plus overrides; `--define` adds one, so a new
 recipe (e.g. another optimiser preset) is one more row. Cost on a shared 2-core CPU: about 5 min per
-baseline and 8 min per penalty run at the `cpu` setting, 4× that at `long`.
+baseline and 8 min per penalty run at the `cpu` setting, 4× that at `long`; at `wide`, 12 min and
+30 min (with the gradient share logged).
 """
 
 import dataclasses
@@ -265,7 +266,8 @@ def plot(runs: list[dict], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   names = sorted({r["setting"] for r in runs})
-  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False,
+                           sharey=True)  # one scale: the settings compare at a glance
   for ax, name in zip(axes[0], names):
     group = [r for r in runs if r["setting"] == name]
     weights = sorted({r["weight"] for r in group})
