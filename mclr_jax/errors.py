@@ -68,14 +68,14 @@ def disk_error_reason(e: BaseException):
 def writing_file(path: str, tmp: str = ""):
   """Around a write of `path`: Python's file writes raise OSErrors without the file's name (a full
   disk fails at `write` or `close`), so the name is added and the one-line error says which file;
-  `tmp`, the temporary file a rewrite goes through, is removed if the write fails, so the original
-  stays as it was and nothing half-written is left."""
+  `tmp`, the temporary file a rewrite goes through, is removed if the write fails in any way, so
+  the original stays as it was and nothing half-written is left."""
   try:
     yield
-  except OSError as e:
+  except BaseException as e:
     if tmp and os.path.exists(tmp):
       os.remove(tmp)
-    if e.filename:
+    if not isinstance(e, OSError) or e.filename:
       raise
     raise OSError(e.errno, e.strerror, path) from e
 

@@ -55,14 +55,11 @@ def truncate(logdir: str, step: int) -> int:
     damaged = read_bytes != os.path.getsize(path)
     if len(kept) == total and not damaged:
       continue
-    try:
-      with errors.writing_file(path), errors.tensorflow_disk_errors(path):
-        with tf.io.TFRecordWriter(tmp) as writer:
-          for record in kept:
-            writer.write(record)
-        os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):  # a failed rewrite: the original is untouched
-        os.remove(tmp)
+    # A failed rewrite removes `tmp` and leaves the original untouched.
+    with errors.writing_file(path, tmp), errors.tensorflow_disk_errors(path):
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for record in kept:
+          writer.write(record)
+      os.replace(tmp, path)
     dropped += total - len(kept)
   return dropped
